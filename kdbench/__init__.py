@@ -1,0 +1,3 @@
+"""kdbench: a benchmark harness for knowledge-distillation research."""
+
+__version__ = "0.1.0"
