@@ -1,0 +1,42 @@
+"""Datasets for kdbench: sources (digits, mnist, cifar10, cifar100, synthetic), long-tailed subsets, batches."""
+
+from kdbench.data import cifar, digits, mnist, synthetic  # noqa: F401  (register the built-in datasets)
+from kdbench.data.adapt import adapt_images, channel_stats
+from kdbench.data.batches import (
+    AUGMENTATIONS,
+    SUPPORTED_BATCH_EXTRAS,
+    SUPPORTED_VIEWS,
+    apply_augmentation,
+    iterate_batches,
+)
+from kdbench.data.build import build_data, select_subsets
+from kdbench.data.bundle import DataBundle, ImageSet
+from kdbench.data.longtail import PROFILES, long_tailed_counts
+from kdbench.data.sources import DATASETS, DatasetSource, RawData, dataset_names, get_source, register_dataset
+from kdbench.data.spec import DatasetSpec, LongTailSpec
+from kdbench.data.validate import validate_dataset_spec
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "PROFILES",
+    "SUPPORTED_BATCH_EXTRAS",
+    "SUPPORTED_VIEWS",
+    "DataBundle",
+    "DatasetSource",
+    "DatasetSpec",
+    "ImageSet",
+    "LongTailSpec",
+    "RawData",
+    "adapt_images",
+    "apply_augmentation",
+    "build_data",
+    "channel_stats",
+    "dataset_names",
+    "get_source",
+    "iterate_batches",
+    "long_tailed_counts",
+    "register_dataset",
+    "select_subsets",
+    "validate_dataset_spec",
+]
