@@ -1,0 +1,400 @@
+"""The grid file: pydantic models, YAML loading through safe_load, and one-line errors that name the field."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdbench.data.spec import DatasetSpec, LongTailSpec
+
+__all__ = [
+    "ConfigError",
+    "DatasetSpec",
+    "ExecutorConfig",
+    "GridConfig",
+    "LongTailSpec",
+    "MethodEntry",
+    "Override",
+    "PairConfig",
+    "Recipe",
+    "TrackingConfig",
+    "load_grid",
+    "parse_grid",
+]
+
+
+class ConfigError(ValueError):
+    """Bad input: each line names the field, the bad value and what is allowed."""
+
+
+class Recipe(BaseModel):
+    """A training recipe (PROTOCOL.md defaults are the CIFAR ones)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(default=240, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=0.05, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = Field(default=0.1, gt=0)
+    augmentation: Literal["default", "crop_flip", "jitter", "none"] = "default"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_batch_size: int = Field(default=256, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if list(value) != sorted(set(value)) or any(m <= 0 for m in value):
+            raise ValueError(f"{list(value)} must be strictly increasing positive epochs")
+        return value
+
+
+class RecipeOverride(BaseModel):
+    """Some recipe fields, applied over the base recipe where an override matches."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, gt=0)
+    lr: float | None = Field(default=None, gt=0)
+    momentum: float | None = Field(default=None, ge=0)
+    nesterov: bool | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    milestones: tuple[int, ...] | None = None
+    gamma: float | None = Field(default=None, gt=0)
+    augmentation: Literal["default", "crop_flip", "jitter", "none"] | None = None
+    precision: Literal["fp32", "bf16"] | None = None
+    eval_batch_size: int | None = Field(default=None, gt=0)
+
+    def apply(self, recipe: Recipe) -> Recipe:
+        """Return ``recipe`` with the fields set here replaced (validated again)."""
+        changes = self.model_dump(exclude_none=True)
+        return Recipe.model_validate({**recipe.model_dump(), **changes}) if changes else recipe
+
+
+class ModelChoice(BaseModel):
+    """An architecture name with optional constructor keyword arguments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arch: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"arch": data} if isinstance(data, str) else data
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from kdbench.models import MODELS
+
+        MODELS.get(value)  # raises with the closest match and the allowed names
+        return value
+
+
+class PairConfig(BaseModel):
+    """One teacher → student pair."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    teacher: ModelChoice
+    student: ModelChoice
+
+    @property
+    def label(self) -> str:
+        """'teacher->student' for tables."""
+        return f"{self.teacher.arch}->{self.student.arch}"
+
+
+class MethodEntry(BaseModel):
+    """A method of the grid with its hyper-parameters; `label` tells two settings of one method apart."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    label: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from kdbench.loss import METHODS
+
+        METHODS.get(value)
+        return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> MethodEntry:
+        from kdbench.loss import METHODS
+
+        METHODS.get(self.name).check_hparams(self.params)
+        return self
+
+    @property
+    def display(self) -> str:
+        """The label, or the method name."""
+        return self.label or self.name
+
+
+class OverrideWhen(BaseModel):
+    """Which runs an override applies to; every field given must match."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: Literal["teacher", "student"] | None = None
+    teacher: str | None = None
+    student: str | None = None
+    method: str | None = Field(default=None, description="a method label (or name) of this grid")
+    dataset: str | None = Field(default=None, description="a dataset name or variant, e.g. cifar100-lt-exp-100")
+
+
+class Override(BaseModel):
+    """Per-pair, per-method or per-dataset settings, applied in file order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    when: OverrideWhen
+    recipe: RecipeOverride = Field(default_factory=RecipeOverride)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExecutorConfig(BaseModel):
+    """Where runs execute."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local", "debug"] = "local"
+    workers: int = Field(default=1, ge=1, description="local: parallel run processes")
+    device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+
+
+class TrackingConfig(BaseModel):
+    """MLflow tracking; the run record stays the source of truth."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mlflow: bool = True
+    uri: str | None = Field(default=None, description="default sqlite:///<abs results root>/mlflow.db")
+    experiment: str | None = Field(default=None, description="default: the grid name")
+
+
+class GridConfig(BaseModel):
+    """A whole grid: datasets × pairs × methods × seeds, with a recipe, overrides and where to run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    plugins: list[str] = Field(default_factory=list)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    pairs: list[PairConfig] = Field(min_length=1)
+    methods: list[MethodEntry] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    teacher_seed: int | Literal["same"] = Field(default=0, description="'same': one teacher per student seed")
+    recipe: Recipe = Field(default_factory=Recipe)
+    teacher_recipe: RecipeOverride = Field(default_factory=RecipeOverride)
+    overrides: list[Override] = Field(default_factory=list)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output: str = Field(default="results", description="results root; relative to the working directory")
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} repeats a seed; each seed must appear once")
+        return value
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets_valid(cls, value: list[DatasetSpec]) -> list[DatasetSpec]:
+        from kdbench.data import validate_dataset_spec
+
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(value):
+            try:
+                validate_dataset_spec(spec)
+            except ValueError as error:
+                raise ValueError(f"datasets[{index}]: {error}") from None
+            identity = spec.model_dump_json(exclude={"root", "download"})
+            if identity in seen:
+                raise ValueError(f"datasets[{index}] repeats datasets[{seen[identity]}] ({spec.variant})")
+            seen[identity] = index
+        return value
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_unique_and_compatible(cls, value: list[PairConfig]) -> list[PairConfig]:
+        from kdbench.models import model_info
+
+        seen: dict[str, int] = {}
+        for index, pair in enumerate(value):
+            key = pair.model_dump_json()
+            if key in seen:
+                raise ValueError(f"pairs[{index}]: duplicate pair {pair.label} (same as pairs[{seen[key]}])")
+            seen[key] = index
+            t_info, s_info = model_info(pair.teacher.arch), model_info(pair.student.arch)
+            t_shape = (t_info.in_channels, t_info.input_size)
+            if t_shape != (s_info.in_channels, s_info.input_size):
+                raise ValueError(
+                    f"pairs[{index}]: teacher {pair.teacher.arch} takes {t_info.in_channels}×{t_info.input_size}² "
+                    f"inputs but student {pair.student.arch} takes {s_info.in_channels}×{s_info.input_size}²; "
+                    "a pair must share its input"
+                )
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_distinct(cls, value: list[MethodEntry]) -> list[MethodEntry]:
+        labels = [entry.display for entry in value]
+        for index, label in enumerate(labels):
+            if label in labels[:index]:
+                raise ValueError(f"methods[{index}]: '{label}' appears twice; give one a distinct `label`")
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_match_something(self) -> GridConfig:
+        known = {
+            "teacher": {p.teacher.arch for p in self.pairs},
+            "student": {p.student.arch for p in self.pairs},
+            "method": {m.display for m in self.methods} | {m.name for m in self.methods},
+            "dataset": {d.name for d in self.datasets} | {d.variant for d in self.datasets},
+        }
+        from kdbench.registry import closest_match_hint
+
+        for index, override in enumerate(self.overrides):
+            for field, allowed in known.items():
+                wanted = getattr(override.when, field)
+                if wanted is not None and wanted not in allowed:
+                    options = sorted(allowed)
+                    raise ValueError(
+                        f"overrides[{index}].when.{field} = '{wanted}' matches nothing in this grid"
+                        f"{closest_match_hint(wanted, options)}; allowed: {', '.join(options)}"
+                    )
+        return self
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after", "function-before", "function-plain", "function-wrap"):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _format_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _validation_lines(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors(include_url=False):
+        location = _format_location(tuple(p for p in item["loc"] if not str(p).startswith("function-")))
+        message = item["msg"].removeprefix("Value error, ")
+        if message[:9] in ("datasets[", "pairs[", "methods[", "override"):
+            lines.append(message)  # the validator already named the entry
+        elif item["type"] in ("missing",):
+            lines.append(f"{location}: required field is missing")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"{location}: unknown field")
+        elif isinstance(item.get("input"), (str, int, float, bool, list)) and f"'{item['input']}'" not in message:
+            lines.append(f"{location} = {_format_value(item['input'])}: {message}")
+        else:
+            lines.append(f"{location}: {message}")
+    return lines
+
+
+def _import_plugins(plugins: Any, base_dir: Path) -> None:
+    """Import each plugin (a Python file relative to the grid file, or a module name) so it can register."""
+    if not plugins:
+        return
+    if not isinstance(plugins, list):
+        raise ConfigError(f"plugins = {_format_value(plugins)}: must be a list of Python files or module names")
+    for index, plugin in enumerate(plugins):
+        try:
+            if str(plugin).endswith(".py"):
+                path = (base_dir / os.path.expanduser(str(plugin))).resolve()
+                if not path.is_file():
+                    raise ConfigError(f"plugins[{index}] = '{plugin}': no such file ({path})")
+                module_name = f"kdbench_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+                if module_name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(str(plugin))
+        except ConfigError:
+            raise
+        except Exception as error:  # a plugin's own failure must still be one clear line
+            reason = f"{type(error).__name__}: {error}"
+            raise ConfigError(f"plugins[{index}] = '{plugin}': import failed: {reason}") from None
+
+
+def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = None,
+               data_root: str | None = None) -> GridConfig:
+    """Validate a grid given as a mapping; import its plugins first. Raise ConfigError on bad input."""
+    import kdbench.methods  # noqa: F401  (registers the built-in methods)
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the grid must be a mapping of fields, got {type(raw).__name__}")
+    _import_plugins(raw.get("plugins"), base_dir or Path.cwd())
+    raw = {"name": default_name, **raw}
+    if data_root is not None and isinstance(raw.get("datasets"), list):
+        raw["datasets"] = [{**d, "root": data_root} if isinstance(d, dict) else d for d in raw["datasets"]]
+    if isinstance(raw.get("datasets"), list):
+        raw["datasets"] = [_expand_root(d) for d in raw["datasets"]]
+    try:
+        return GridConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_validation_lines(error))) from None
+
+
+def _expand_root(dataset: Any) -> Any:
+    if isinstance(dataset, dict) and isinstance(dataset.get("root"), str):
+        root = os.path.abspath(os.path.expanduser(os.path.expandvars(dataset["root"])))
+        return {**dataset, "root": root}
+    return dataset
+
+
+def load_grid(path: str | Path, *, data_root: str | None = None) -> GridConfig:
+    """Read a grid file with yaml.safe_load and validate it; ConfigError names the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read grid file: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: unreadable YAML: {problem}") from None
+    try:
+        return parse_grid(raw, default_name=path.stem, base_dir=path.parent, data_root=data_root)
+    except ConfigError as error:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(error).splitlines())) from None

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny synthetic grid that really trains on CPU in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from tests_support import REPO  # noqa: E402
+
+MNIST_RAW = REPO.parent / "shared" / "data" / "MNIST" / "raw"
+
+TINY_GRID = {
+    "name": "tiny",
+    "datasets": [
+        {"name": "synthetic", "synthetic_classes": 4, "synthetic_train_per_class": 24, "synthetic_test_per_class": 8},
+        {"name": "synthetic", "synthetic_classes": 4, "synthetic_train_per_class": 24, "synthetic_test_per_class": 8,
+         "long_tail": {"profile": "exp", "imbalance_ratio": 4}, "val_per_class": 2},
+    ],
+    "pairs": [{"teacher": "cnn_small", "student": "cnn_small"}],
+    "methods": ["vanilla", "kd"],
+    "seeds": [0, 1],
+    "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "eval_batch_size": 64},
+    "executor": {"kind": "local", "device": "cpu"},
+}
+
+
+@pytest.fixture
+def tiny_grid_raw(tmp_path: Path) -> dict:
+    """A grid of 2 datasets × 1 pair × {vanilla, kd} × 2 seeds on tiny synthetic data, results under tmp_path."""
+    raw = copy.deepcopy(TINY_GRID)
+    raw["output"] = str(tmp_path / "results")
+    return raw
