@@ -1,0 +1,58 @@
+"""Evaluation: confusion-matrix counts on a set, and the metrics derived from them."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.data import ImageSet, iterate_batches
+from kdbench.tracking.record import EvalResult
+
+CONFUSION_KEPT_UP_TO = 100  # classes; beyond that the record keeps per-class counts only
+
+
+def metrics_from_counts(confusion: torch.Tensor, top5_correct: int, loss_sum: float) -> EvalResult:
+    """top-1, top-5, balanced accuracy and per-class counts from a C×C confusion matrix (rows: truth)."""
+    total_per_class = confusion.sum(dim=1)
+    correct_per_class = confusion.diagonal()
+    num_images = int(total_per_class.sum())
+    present = total_per_class > 0
+    per_class_acc = correct_per_class[present].double() / total_per_class[present].double()
+    keep_confusion = confusion.shape[0] <= CONFUSION_KEPT_UP_TO
+    return EvalResult(
+        top1=100.0 * float(correct_per_class.sum()) / max(1, num_images),
+        top5=100.0 * top5_correct / max(1, num_images),
+        balanced_acc=100.0 * float(per_class_acc.mean()) if present.any() else float("nan"),
+        loss=loss_sum / max(1, num_images),
+        num_images=num_images,
+        per_class_correct=correct_per_class.tolist(),
+        per_class_total=total_per_class.tolist(),
+        confusion=confusion.tolist() if keep_confusion else None,
+    )
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: ImageSet, *, num_classes: int, batch_size: int, mean, std,
+             device: torch.device, autocast: contextlib.AbstractContextManager | None = None) -> EvalResult:
+    """Run ``model`` over ``images`` in eval mode; counts stay on the device until the end (one sync)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    top5_correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    k = min(5, num_classes)
+    batches = iterate_batches(images, batch_size, shuffle=False, seed=0, epoch=0, augmentation="none",
+                              mean=mean, std=std, device=device)
+    for batch in batches:
+        with autocast or contextlib.nullcontext():
+            logits = model(batch["input"])
+        logits = logits.float()
+        target = batch["target"]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        confusion += torch.bincount(target * num_classes + logits.argmax(dim=1), minlength=num_classes**2)
+        top5_correct += (logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum()
+    model.train(was_training)
+    return metrics_from_counts(confusion.view(num_classes, num_classes).cpu(), int(top5_correct), float(loss_sum))

@@ -1,0 +1,90 @@
+"""One training epoch: forward student (and frozen teacher), method loss, SGD step; sums stay on the device."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from kdbench.data import ImageSet, iterate_batches
+from kdbench.loss import DistillLoss, Progress
+from kdbench.models import FeatureTaps
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the run stops as failed."""
+
+
+@dataclass
+class EpochResult:
+    """Mean loss terms (plus 'total' and 'top1'), images seen and seconds of one training epoch."""
+
+    terms: dict[str, float]
+    images: int
+    seconds: float
+
+
+@dataclass
+class TrainParts:
+    """What the training step needs, assembled once per run."""
+
+    student: nn.Module
+    student_taps: FeatureTaps
+    teacher: nn.Module | None
+    teacher_taps: FeatureTaps | None
+    loss: DistillLoss
+    optimizer: torch.optim.Optimizer
+    train_set: ImageSet
+    batch_size: int
+    augmentation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    seed: int
+    epochs: int
+    autocast: contextlib.AbstractContextManager
+
+
+def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
+    """Train one epoch (epochs count from 1); raise NonFiniteLossError if any term is not finite."""
+    parts.student.train()
+    parts.loss.train()
+    started = time.perf_counter()
+    num_images = len(parts.train_set.targets)
+    steps = max(1, num_images // parts.batch_size + (num_images % parts.batch_size > 1))
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.long, device=parts.device)
+    seen = 0
+    batches = iterate_batches(parts.train_set, parts.batch_size, shuffle=True, seed=parts.seed, epoch=epoch,
+                              augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device)
+    for step, batch in enumerate(batches):
+        progress = Progress(epoch=epoch, epochs=parts.epochs, step=step, steps_per_epoch=steps)
+        with parts.autocast:
+            student_out = parts.student_taps(batch["input"])
+            teacher_out = None
+            if parts.teacher_taps is not None:
+                with torch.no_grad():
+                    teacher_out = parts.teacher_taps(batch["input"])
+            terms = parts.loss(student_out, teacher_out, batch, progress)
+        total = torch.stack([value.float() for value in terms.values()]).sum()
+        parts.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        parts.optimizer.step()
+        size = batch["target"].shape[0]
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * size
+        sums["total"] = sums.get("total", 0.0) + total.detach() * size
+        correct += (student_out["logits"].detach().argmax(dim=1) == batch["target"]).sum()
+        seen += size
+    names = list(sums)
+    means = (torch.stack([sums[n] for n in names]) / max(1, seen)).tolist()  # one sync per epoch
+    values = dict(zip(names, means, strict=True))
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"loss term '{name}' is {value} in epoch {epoch}")
+    values["top1"] = 100.0 * int(correct) / max(1, seen)
+    return EpochResult(terms=values, images=seen, seconds=time.perf_counter() - started)

@@ -1,0 +1,252 @@
+"""train_run: one run of either stage, from its RunSpec to its record, resumable from its last checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from kdbench.data import DataBundle, build_data
+from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
+from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance, resolve_device
+from kdbench.engine.evaluate import evaluate
+from kdbench.engine.loop import TrainParts, train_epoch
+from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
+from kdbench.loss import METHODS, LossContext
+from kdbench.models import FeatureTaps, build_model, model_info, tap_shapes
+from kdbench.runspec import RunSpec
+from kdbench.tracking.mlflow_sink import MlflowSink
+from kdbench.tracking.record import BestVal, EpochLog, EvalResult, RunRecord, TeacherInfo, read_record, write_record
+
+log = logging.getLogger("kdbench")
+
+
+class RunObserver(Protocol):
+    """Receives a run's start, each epoch and its end (the MLflow sink is one)."""
+
+    def on_start(self, run_id: str, run_name: str, spec: dict[str, Any], resumed_epoch: int) -> None: ...
+    def on_epoch(self, entry: EpochLog) -> None: ...
+    def on_end(self, record: RunRecord) -> None: ...
+
+
+class TeacherError(RuntimeError):
+    """The teacher a student needs is missing, unfinished, or its weights do not match its record."""
+
+
+@dataclass
+class RunJob:
+    """A picklable unit of work for any executor: one spec and where its results go."""
+
+    spec: RunSpec
+    runs_root: Path
+    grid: str
+    device: str = "auto"
+    tracking_uri: str | None = None
+    tracking_experiment: str | None = None
+    label: str = ""
+    observers: list[RunObserver] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        """results/<grid>/runs/<run_id>."""
+        return self.runs_root / self.spec.run_id
+
+    def all_observers(self) -> list[RunObserver]:
+        """The given observers plus the MLflow sink when tracking is configured."""
+        sinks: list[RunObserver] = []
+        if self.tracking_uri and self.tracking_experiment:
+            sinks.append(MlflowSink(self.tracking_uri, self.tracking_experiment))
+        return [*self.observers, *sinks]
+
+    def __call__(self) -> RunRecord:
+        return train_run(self)
+
+
+class _State(BaseModel):
+    """What the checkpoint carries beyond module and optimizer states."""
+
+    epoch: int = 0
+    history: list[EpochLog] = Field(default_factory=list)
+    best_val: BestVal | None = None
+    last_test: EvalResult | None = None
+    last_val: EvalResult | None = None
+    seconds: float = 0.0
+    resumed_from: list[int] = Field(default_factory=list)
+
+
+def load_teacher(spec: RunSpec, runs_root: Path, num_classes: int,
+                 device: torch.device) -> tuple[nn.Module, TeacherInfo]:
+    """Build the frozen teacher (eval mode, no grad) from its finished run; verify its checksum."""
+    assert spec.teacher is not None
+    teacher_dir = runs_root / spec.teacher.run_id
+    record = read_record(teacher_dir)
+    if record is None or record.status != "done" or record.final is None:
+        raise TeacherError(f"teacher run {spec.teacher.run_id} ({spec.teacher.arch}) has not finished")
+    weights = teacher_dir / MODEL_NAME
+    checksum = file_sha256(weights) if weights.is_file() else "missing"
+    if checksum != record.model_sha256:
+        raise TeacherError(f"teacher weights {weights} do not match the sha256 in its record; refusing them")
+    teacher = build_model(spec.teacher.arch, num_classes, **spec.teacher.arch_kwargs)
+    teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    teacher.to(device).eval().requires_grad_(False)
+    info = TeacherInfo(run_id=spec.teacher.run_id, arch=spec.teacher.arch, sha256=checksum, top1=record.final.top1)
+    return teacher, info
+
+
+def _attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def _base_record(job: RunJob) -> dict[str, Any]:
+    spec = job.spec
+    return dict(run_id=spec.run_id, grid=job.grid, stage=spec.stage, method=spec.method, label=spec.display_method,
+                arch=spec.arch, pair=spec.pair, dataset=spec.dataset.variant, seed=spec.seed,
+                subset_seed=spec.dataset.subset_seed, spec=spec.model_dump(mode="json"),
+                config_sha256=hashlib.sha256(spec.canonical_json().encode()).hexdigest())
+
+
+def train_run(job: RunJob) -> RunRecord:
+    """Train one run to the end (or resume it) and write its record; failures become a failed record."""
+    run_dir = job.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_record(run_dir)
+    if existing is not None and existing.status == "done":
+        return existing
+    handler = _attach_log_file(run_dir)
+    observers = job.all_observers()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        record = _train(job, observers)
+    except Exception as error:  # the grid goes on; the reason is recorded
+        log.error("%s failed: %s: %s", job.spec.describe(), type(error).__name__, error)
+        record = RunRecord(status="failed", reason=f"{type(error).__name__}: {error}",
+                           traceback=traceback.format_exc(), **_base_record(job))
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    record.provenance.update(started_at=started, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_record(run_dir, record)
+    for observer in observers:
+        observer.on_end(record)
+    if record.status == "done":
+        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # the final weights are kept in model.pt
+    return record
+
+
+def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
+    spec, run_dir, recipe = job.spec, job.run_dir, job.spec.recipe
+    configure_threads()
+    device = resolve_device(job.device)
+    seed_everything(spec.seed)
+    info = model_info(spec.arch)
+    data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
+    train_set, test_set = data.train.to(device), data.test.to(device)
+    val_set = data.val.to(device) if data.val is not None else None
+
+    method_cls = METHODS.get(spec.method)
+    student = build_model(spec.arch, data.num_classes, **spec.arch_kwargs).to(device)
+    teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
+                             if spec.teacher is not None else (None, None))
+    input_shape = (info.in_channels, info.input_size, info.input_size)
+    needs = method_cls.needs
+    ctx = LossContext(
+        num_classes=data.num_classes,
+        student_shapes=tap_shapes(student, needs.student_taps, input_shape),
+        teacher_shapes=tap_shapes(teacher, needs.teacher_taps, input_shape) if teacher is not None else {},
+        num_samples=len(train_set.targets), class_counts=tuple(data.class_counts), epochs=recipe.epochs,
+    )
+    loss = method_cls(ctx, **spec.params).to(device)
+    optimizer = torch.optim.SGD([*student.parameters(), *loss.parameters()], lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if recipe.precision == "bf16"
+                else contextlib.nullcontext())
+    parts = TrainParts(student=student, student_taps=FeatureTaps(student, needs.student_taps), teacher=teacher,
+                       teacher_taps=FeatureTaps(teacher, needs.teacher_taps) if teacher is not None else None,
+                       loss=loss, optimizer=optimizer, train_set=train_set, batch_size=recipe.batch_size,
+                       augmentation=data.augmentation if recipe.augmentation == "default" else recipe.augmentation,
+                       mean=data.mean, std=data.std, device=device, seed=spec.seed, epochs=recipe.epochs,
+                       autocast=autocast)
+
+    state = _State()
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    if checkpoint is not None:
+        student.load_state_dict(checkpoint["student"])
+        loss.load_state_dict(checkpoint["loss"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = _State.model_validate(checkpoint["state"])
+        state.resumed_from.append(state.epoch)
+        restore_rng_state(checkpoint["rng"])
+        log.info("%s: resuming after epoch %d", spec.describe(), state.epoch)
+
+    for observer in observers:
+        observer.on_start(spec.run_id, f"{spec.display_method}/{spec.pair}/{spec.dataset.variant}/s{spec.seed}",
+                          spec.model_dump(mode="json"), state.epoch)
+    eval_args = dict(num_classes=data.num_classes, batch_size=recipe.eval_batch_size, mean=data.mean, std=data.std,
+                     device=device, autocast=autocast)
+    for epoch in range(state.epoch + 1, recipe.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        result = train_epoch(parts, epoch)
+        scheduler.step()
+        state.last_test = evaluate(student, test_set, **eval_args)
+        state.last_val = evaluate(student, val_set, **eval_args) if val_set is not None else None
+        if state.last_val is not None and (state.best_val is None or state.last_val.top1 > state.best_val.val_top1):
+            state.best_val = BestVal(epoch=epoch, val_top1=state.last_val.top1, test=state.last_test)
+        entry = EpochLog(epoch=epoch, lr=lr, train=result.terms, test_top1=state.last_test.top1,
+                         test_top5=state.last_test.top5, val_top1=state.last_val.top1 if state.last_val else None,
+                         seconds=result.seconds, images_per_s=result.images / max(result.seconds, 1e-9))
+        state.history.append(entry)
+        state.epoch = epoch
+        state.seconds += result.seconds
+        _save_checkpoint(run_dir, student, loss, optimizer, scheduler, state)
+        for observer in observers:
+            observer.on_epoch(entry)
+        val_text = f" val {entry.val_top1:.2f}" if entry.val_top1 is not None else ""
+        log.info("%s%s | epoch %d/%d loss %.4f train %.2f test %.2f%s | %.1fs %.0f img/s", job.label,
+                 spec.describe(), epoch, recipe.epochs, result.terms["total"], result.terms["top1"],
+                 entry.test_top1, val_text, result.seconds, entry.images_per_s)
+
+    assert state.last_test is not None
+    save_atomic(student.state_dict(), run_dir / MODEL_NAME)
+    extra = sum(p.numel() for p in loss.parameters() if p.requires_grad)
+    record = RunRecord(
+        status="done", num_classes=data.num_classes, class_counts=list(data.class_counts), final=state.last_test,
+        final_val=state.last_val, best_val=state.best_val, history=state.history,
+        student_params=sum(p.numel() for p in student.parameters()), extra_params=extra,
+        peak_memory_bytes=peak_memory_bytes(device), teacher=teacher_info,
+        model_sha256=file_sha256(run_dir / MODEL_NAME),
+        provenance=provenance(device) | {"train_seconds": state.seconds, "resumed_after_epochs": state.resumed_from,
+                                         "train_source_indices_sha256": _indices_digest(data)},
+        **_base_record(job),
+    )
+    return record
+
+
+def _indices_digest(data: DataBundle) -> str:
+    return hashlib.sha256(data.train_source_indices.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _save_checkpoint(run_dir: Path, student: nn.Module, loss: nn.Module, optimizer, scheduler, state: _State) -> None:
+    payload = {
+        "student": student.state_dict(), "loss": loss.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": capture_rng_state(),
+        "state": state.model_dump(),
+        "saved_at": time.time(),
+    }
+    save_atomic(payload, run_dir / CHECKPOINT_NAME)

@@ -1,0 +1,156 @@
+"""train_run for real on CPU: records, teacher handling, failures, and resume after a kill."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdbench.config import parse_grid
+from kdbench.engine import RunJob, train_run
+from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, load_checkpoint
+from kdbench.grid import expand_grid
+from kdbench.tracking import read_record
+
+pytestmark = pytest.mark.slow
+
+
+def _specs(raw: dict):
+    return expand_grid(parse_grid(raw))
+
+
+def _job(spec, runs_root: Path) -> RunJob:
+    return RunJob(spec=spec, runs_root=runs_root, grid="tiny", device="cpu")
+
+
+def test_teacher_then_student_records(tiny_grid_raw, tmp_path):
+    specs = _specs(tiny_grid_raw)
+    teacher = next(s for s in specs if s.stage == "teacher" and s.dataset.long_tail is None)
+    student = next(s for s in specs if s.method == "kd" and s.teacher.run_id == teacher.run_id)
+    runs = tmp_path / "runs"
+    t_record = train_run(_job(teacher, runs))
+    assert t_record.status == "done", t_record.traceback
+    assert (runs / teacher.run_id / MODEL_NAME).is_file()
+    assert not (runs / teacher.run_id / CHECKPOINT_NAME).exists()
+    s_record = train_run(_job(student, runs))
+    assert s_record.status == "done", s_record.traceback
+    on_disk = json.loads((runs / student.run_id / "record.json").read_text())
+    assert on_disk["status"] == "done"
+    final = on_disk["final"]
+    assert sum(final["per_class_total"]) == final["num_images"] == 4 * 8
+    assert final["top1"] == pytest.approx(100 * sum(final["per_class_correct"]) / final["num_images"])
+    assert 0 <= final["top1"] <= final["top5"] <= 100
+    assert on_disk["teacher"]["run_id"] == teacher.run_id and on_disk["teacher"]["top1"] == t_record.final.top1
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert set(on_disk["history"][0]["train"]) >= {"ce", "kd", "total", "top1"}
+    assert on_disk["extra_params"] == 0 and on_disk["student_params"] > 0
+    assert on_disk["provenance"]["versions"]["torch"] == torch.__version__
+    assert on_disk["class_counts"] == [24, 24, 24, 24]
+
+
+def test_long_tailed_run_records_counts_and_best_val(tiny_grid_raw, tmp_path):
+    spec = next(s for s in _specs(tiny_grid_raw) if s.stage == "teacher" and s.dataset.long_tail)
+    record = train_run(_job(spec, tmp_path / "runs"))
+    assert record.status == "done", record.traceback
+    assert record.class_counts == [24, 15, 9, 6]  # floor(24 · 4^(-c/3))
+    assert record.final_val is not None and record.final_val.per_class_total == [0, 2, 2, 2]  # class 0 discards none
+    assert record.best_val is not None and 1 <= record.best_val.epoch <= 2
+
+
+def test_student_refuses_a_teacher_whose_weights_changed(tiny_grid_raw, tmp_path):
+    specs = _specs(tiny_grid_raw)
+    teacher = next(s for s in specs if s.stage == "teacher")
+    student = next(s for s in specs if s.teacher and s.teacher.run_id == teacher.run_id)
+    runs = tmp_path / "runs"
+    assert train_run(_job(teacher, runs)).status == "done"
+    weights = runs / teacher.run_id / MODEL_NAME
+    state = torch.load(weights, weights_only=True)
+    next(iter(state.values())).add_(1.0)
+    torch.save(state, weights)
+    record = train_run(_job(student, runs))
+    assert record.status == "failed" and "do not match the sha256" in record.reason
+
+
+def test_student_without_finished_teacher_fails_clearly(tiny_grid_raw, tmp_path):
+    student = next(s for s in _specs(tiny_grid_raw) if s.method == "kd")
+    record = train_run(_job(student, tmp_path / "runs"))
+    assert record.status == "failed" and "has not finished" in record.reason
+
+
+def test_non_finite_loss_fails_the_run_with_reason(tiny_grid_raw, tmp_path):
+    raw = copy.deepcopy(tiny_grid_raw)
+    raw["recipe"]["lr"] = 1e30  # diverges at once
+    spec = next(s for s in _specs(raw) if s.stage == "teacher")
+    record = train_run(_job(spec, tmp_path / "runs"))
+    assert record.status == "failed"
+    assert "NonFiniteLossError" in record.reason and "epoch 1" in record.reason
+    assert read_record(tmp_path / "runs" / spec.run_id).status == "failed"
+
+
+def test_finished_record_is_never_overwritten(tiny_grid_raw, tmp_path):
+    spec = next(s for s in _specs(tiny_grid_raw) if s.stage == "teacher")
+    runs = tmp_path / "runs"
+    first = train_run(_job(spec, runs))
+    before = (runs / spec.run_id / "record.json").read_bytes()
+    again = train_run(_job(spec, runs))
+    assert again == first and (runs / spec.run_id / "record.json").read_bytes() == before
+
+
+_KILLABLE = """
+import sys, time, json
+from pathlib import Path
+from kdbench.config import parse_grid
+from kdbench.grid import expand_grid
+from kdbench.engine import RunJob, train_run
+import kdbench.engine.loop as loop
+
+original = loop.train_epoch
+def slow_epoch(parts, epoch):
+    result = original(parts, epoch)
+    time.sleep(0.4)  # leaves time to be killed between and inside epochs
+    return result
+loop.train_epoch = slow_epoch
+import kdbench.engine.run as run
+run.train_epoch = slow_epoch
+raw = json.loads(sys.argv[1])
+spec = [s for s in expand_grid(parse_grid(raw)) if s.stage == "teacher"][0]
+train_run(RunJob(spec=spec, runs_root=Path(sys.argv[2]), grid="tiny", device="cpu"))
+"""
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_grid_raw, tmp_path):
+    raw = copy.deepcopy(tiny_grid_raw)
+    raw["recipe"].update(epochs=6, milestones=[3, 5])
+    # dropout in the teacher run: resume must also restore the global RNG stream
+    raw["pairs"] = [{"teacher": {"arch": "mlp_800x2", "kwargs": {"dropout": 0.3}}, "student": "mlp_800x2"}]
+    spec = next(s for s in _specs(raw) if s.stage == "teacher")
+    reference = train_run(_job(spec, tmp_path / "uninterrupted"))
+    assert reference.status == "done", reference.traceback
+
+    killed_root = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(raw), str(killed_root)])
+    checkpoint = killed_root / spec.run_id / CHECKPOINT_NAME
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+        if saved is not None and saved["state"]["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert read_record(killed_root / spec.run_id) is None, "killed too late: the run had finished"
+
+    resumed = train_run(_job(spec, killed_root))
+    assert resumed.status == "done", resumed.traceback
+    assert resumed.provenance["resumed_after_epochs"] and resumed.provenance["resumed_after_epochs"][0] >= 2
+    assert resumed.final.model_dump() == reference.final.model_dump()
+    assert [h.test_top1 for h in resumed.history] == [h.test_top1 for h in reference.history]
+    assert [h.train for h in resumed.history] == [h.train for h in reference.history]
+    assert resumed.model_sha256 == reference.model_sha256
