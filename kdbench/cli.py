@@ -1,0 +1,155 @@
+"""The kdbench command line: run | status | report | methods | models (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kdbench.config import ConfigError, GridConfig, load_grid
+
+EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", type=Path, help="grid file (YAML)")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: the grid's `output`, 'results')")
+    parser.add_argument("--data-root", metavar="PATH", help="dataset root for every dataset of the grid")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `kdbench` command."""
+    parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark harness.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train every teacher and student of a grid that is not done yet")
+    _add_grid_arguments(run)
+    run.add_argument("--executor", choices=["local", "debug"], help="override the grid's executor")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--rerun", choices=["failed"], help="also run again the runs that failed")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    status = commands.add_parser("status", help="done / failed / interrupted / new runs per stage")
+    _add_grid_arguments(status)
+    report = commands.add_parser("report", help="final-epoch top-1 mean ± std per dataset, pair and method")
+    _add_grid_arguments(report)
+    commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    commands.add_parser("models", help="list the registered models")
+    return parser
+
+
+def _print_plan(grid: GridConfig, results_root: str | None) -> list:
+    from kdbench.grid import plan_grid
+    from kdbench.grid.status import status_counts
+
+    paths, planned = plan_grid(grid, results_root)
+    counts = status_counts(planned)
+    for stage in ("teacher", "student"):
+        c = counts[stage]
+        print(f"{stage} runs: {sum(c.values())} ({c['done']} done, {c['failed']} failed, "
+              f"{c['interrupted']} interrupted, {c['new']} new)")
+    print(f"results: {paths.grid_dir}")
+    return planned
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths, run_grid, tracking_target
+
+    grid = load_grid(args.grid, data_root=args.data_root)
+    planned = _print_plan(grid, args.results)
+    if args.dry_run:
+        for run in planned:
+            print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
+        return EXIT_OK
+    outcome = run_grid(grid, args.grid.read_text(), results_root=args.results, executor=args.executor,
+                       rerun_failed=args.rerun == "failed", device=args.device)
+    paths = grid_paths(grid, args.results)
+    print(f"\nran {len(outcome.ran)} runs in {outcome.seconds:.0f} s ({len(outcome.failed)} failed); "
+          f"{outcome.skipped_done} already done", end="")
+    print(f"; {outcome.skipped_failed} failed earlier (use --rerun failed)" if outcome.skipped_failed else "")
+    for spec in outcome.blocked:
+        print(f"blocked (teacher not done): {spec.run_id} {spec.describe()}")
+    for record in outcome.failed:
+        print(f"failed: {record.run_id} {record.label} {record.pair} {record.dataset} seed {record.seed}: "
+              f"{record.reason}")
+    _print_report(paths.runs_root)
+    print(f"\nrecords: {paths.runs_root}")
+    target = tracking_target(grid, paths)
+    if target is not None:
+        print(f"MLflow:  {target[0]} (experiment '{target[1]}'; view with `mlflow ui --backend-store-uri {target[0]}`)")
+    return EXIT_RUNS_FAILED if outcome.failed or outcome.blocked else EXIT_OK
+
+
+def _print_report(runs_root: Path) -> None:
+    from kdbench.report import format_summary, load_records, summary_table
+
+    records = load_records(runs_root)
+    print("\nfinal-epoch top-1 (%), mean ± sample std over seeds:")
+    print(format_summary(summary_table(records)))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    grid = load_grid(args.grid, data_root=args.data_root)
+    planned = _print_plan(grid, args.results)
+    for run in planned:
+        if run.status == "failed" and run.record is not None:
+            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.record.reason}")
+    return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths
+
+    grid = load_grid(args.grid, data_root=args.data_root)
+    paths = grid_paths(grid, args.results)
+    if not paths.runs_root.is_dir():
+        raise ConfigError(f"{args.grid}: no results for grid '{grid.name}' under {paths.grid_dir}; run it first")
+    _print_report(paths.runs_root)
+    return EXIT_OK
+
+
+def _cmd_methods(_: argparse.Namespace) -> int:
+    import kdbench.methods  # noqa: F401
+    from kdbench.loss import METHODS
+
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        print(f"{name}: {method.paper}")
+        print(f"    needs: {method.needs.describe()}")
+        print(f"    defaults: {method.defaults}")
+    return EXIT_OK
+
+
+def _cmd_models(_: argparse.Namespace) -> int:
+    from kdbench.models import model_info, model_names
+
+    for name in model_names():
+        info = model_info(name)
+        print(f"{name:<14} {info.family:<12} input {info.in_channels}×{info.input_size}×{info.input_size}  "
+              f"{info.description}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "status": _cmd_status, "report": _cmd_report, "methods": _cmd_methods,
+            "models": _cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `kdbench` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.getLogger("kdbench").setLevel(logging.INFO)
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Run a grid: plan against results/, create the tracking store once, run teachers, then students."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kdbench.config import GridConfig
+from kdbench.engine import RunJob
+from kdbench.grid.executors import run_debug, run_local
+from kdbench.grid.expand import expand_grid
+from kdbench.grid.needs import check_method_needs
+from kdbench.grid.status import PlannedRun, plan_runs
+from kdbench.runspec import RunSpec
+from kdbench.tracking.atomic import atomic_write
+from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
+from kdbench.tracking.record import RECORD_NAME, RunRecord
+
+log = logging.getLogger("kdbench")
+
+
+@dataclass(frozen=True)
+class GridPaths:
+    """Where a grid's results live."""
+
+    results_root: Path
+    grid_dir: Path
+    runs_root: Path
+
+
+def grid_paths(grid: GridConfig, results_root: str | Path | None = None) -> GridPaths:
+    """results/<grid>/ and its runs/ folder (results root from the CLI, else the grid's `output`)."""
+    root = Path(results_root or grid.output).resolve()
+    grid_dir = root / grid.name
+    return GridPaths(root, grid_dir, grid_dir / "runs")
+
+
+def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | None:
+    """(uri, experiment) of the MLflow store, or None when tracking is off."""
+    if not grid.tracking.mlflow:
+        return None
+    return grid.tracking.uri or default_tracking_uri(paths.results_root), grid.tracking.experiment or grid.name
+
+
+def plan_grid(grid: GridConfig, results_root: str | Path | None = None) -> tuple[GridPaths, list[PlannedRun]]:
+    """Expand and check the grid, then read each run's status; raises ConfigError on bad input."""
+    check_method_needs(grid)
+    paths = grid_paths(grid, results_root)
+    return paths, plan_runs(expand_grid(grid), paths.runs_root)
+
+
+@dataclass
+class GridOutcome:
+    """What a `kdbench run` did."""
+
+    ran: list[RunRecord] = field(default_factory=list)
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    blocked: list[RunSpec] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        """Records of runs that failed in this invocation."""
+        return [r for r in self.ran if r.status == "failed"]
+
+
+def _save_grid_file(grid_dir: Path, grid_text: str) -> None:
+    """Keep the grid as given; an earlier, different version is kept beside it, never lost."""
+    target = grid_dir / "grid.yaml"
+    if target.is_file():
+        if target.read_text() == grid_text:
+            return
+        stamp = datetime.fromtimestamp(target.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        target.rename(grid_dir / f"grid.{stamp}.yaml")
+    atomic_write(target, lambda handle: handle.write(grid_text.encode()))
+
+
+def _archive_failed(run_dir: Path) -> None:
+    record = run_dir / RECORD_NAME
+    if record.is_file():
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        record.rename(run_dir / f"record.failed-{stamp}.json")
+
+
+def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
+             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
+    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+    started = time.perf_counter()
+    paths, planned = plan_grid(grid, results_root)
+    paths.runs_root.mkdir(parents=True, exist_ok=True)
+    _save_grid_file(paths.grid_dir, grid_text)
+    target = tracking_target(grid, paths)
+    if target is not None:
+        try:
+            ensure_experiment(*target, artifact_root=paths.results_root / "mlflow-artifacts")
+        except Exception as error:  # tracking never stops the grid
+            log.warning("MLflow store %s unavailable (%s); runs go on with records only", target[0], error)
+            target = None
+    outcome = GridOutcome()
+    to_run: list[PlannedRun] = []
+    for run in planned:
+        if run.status == "done":
+            outcome.skipped_done += 1
+        elif run.status == "failed" and not rerun_failed:
+            outcome.skipped_failed += 1
+        else:
+            to_run.append(run)
+    total = len(to_run)
+    counter = iter(range(1, total + 1))
+    for stage in ("teacher", "student"):
+        jobs = []
+        for run in (r for r in to_run if r.spec.stage == stage):
+            if run.spec.teacher is not None and not _teacher_done(paths.runs_root / run.spec.teacher.run_id):
+                outcome.blocked.append(run.spec)
+                continue
+            if run.status == "failed":
+                _archive_failed(paths.runs_root / run.spec.run_id)
+            jobs.append(RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
+                               device=device or grid.executor.device, tracking_uri=target[0] if target else None,
+                               tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] "))
+        for record in _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths):
+            outcome.ran.append(record)
+            log.info("%s %s: %s%s", "done" if record.status == "done" else "FAILED", record.run_id,
+                     f"{record.label} {record.pair} {record.dataset} seed {record.seed}",
+                     f" top1 {record.final.top1:.2f}" if record.final else f" ({record.reason})")
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _teacher_done(run_dir: Path) -> bool:
+    from kdbench.tracking.record import read_record
+
+    record = read_record(run_dir)
+    return record is not None and record.status == "done"
+
+
+def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord]:
+    if not jobs:
+        return iter(())
+    if kind == "debug":
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        return run_debug(jobs, paths.grid_dir / "submitit" / stamp)
+    return run_local(jobs, workers)

@@ -1,0 +1,30 @@
+"""The mean ± std table of final-epoch top-1 per dataset variant, pair and method."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+GROUP = ["dataset", "pair", "method"]
+
+
+def summary_table(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    """Finished runs grouped by dataset, pair and method: mean, sample std (ddof=1) and n of ``metric``."""
+    done = records[records["status"] == "done"]
+    grouped = done.groupby(GROUP, sort=True)[metric]
+    table = grouped.agg(mean="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
+    stage_order = done.drop_duplicates(GROUP).set_index(GROUP)["stage"]
+    table["stage"] = [stage_order.loc[tuple(row)] for row in table[GROUP].itertuples(index=False)]
+    return table.sort_values(["dataset", "stage", "pair", "method"], ascending=[True, False, True, True],
+                             ignore_index=True)
+
+
+def format_summary(table: pd.DataFrame, metric: str = "top1") -> str:
+    """Render the summary as aligned text: 'mean ± std' with n (std is '—' when n < 2)."""
+    if table.empty:
+        return "no finished runs yet"
+    cells = []
+    for row in table.itertuples(index=False):
+        spread = f"{row.std:.2f}" if row.n >= 2 else "—"
+        cells.append({"dataset": row.dataset, "stage": row.stage, "pair": row.pair, "method": row.method,
+                      f"{metric} (%)": f"{row.mean:.2f} ± {spread}", "n": row.n})
+    return pd.DataFrame(cells).to_string(index=False)
