@@ -154,3 +154,23 @@ def test_resume_after_kill_matches_uninterrupted_run(tiny_grid_raw, tmp_path):
     assert [h.test_top1 for h in resumed.history] == [h.test_top1 for h in reference.history]
     assert [h.train for h in resumed.history] == [h.train for h in reference.history]
     assert resumed.model_sha256 == reference.model_sha256
+
+
+def test_bf16_autocast_run_trains(tiny_grid_raw, tmp_path):
+    raw = copy.deepcopy(tiny_grid_raw)
+    raw["recipe"]["precision"] = "bf16"
+    spec = next(s for s in _specs(raw) if s.stage == "teacher")
+    record = train_run(_job(spec, tmp_path / "runs"))
+    assert record.status == "done", record.traceback
+    assert spec.recipe.precision == "bf16" and record.final.num_images == 32
+
+
+def test_threads_follow_slurm_cpus_per_task(monkeypatch):
+    from kdbench.engine.environment import configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    try:
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

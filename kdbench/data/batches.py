@@ -71,15 +71,28 @@ def apply_augmentation(
     return crop_batch(padded, top, left, flip, tuple(batch_uint8.shape[-2:]))
 
 
+class Normaliser:
+    """float32 ``(x / 255 - mean) / std`` per channel; the constants are moved to the device once, not per batch."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean/std have {len(mean)}/{len(std)} values")
+        channels = len(mean)
+        scale = [1.0 / (255.0 * s) for s in std]
+        shift = [m / s for m, s in zip(mean, std, strict=True)]
+        self.scale = torch.tensor(scale, dtype=torch.float32).view(1, channels, 1, 1).to(device)
+        self.shift = torch.tensor(shift, dtype=torch.float32).view(1, channels, 1, 1).to(device)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalise a uint8 B×C×H×W batch."""
+        if batch.shape[1] != self.scale.shape[1]:
+            raise ValueError(f"mean/std have {self.scale.shape[1]} values for images with {batch.shape[1]} channels")
+        return batch.to(torch.float32).mul_(self.scale).sub_(self.shift)
+
+
 def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """float32 ``(x / 255 - mean) / std`` per channel for a uint8 B×C×H×W batch (on the batch's device)."""
-    channels = batch.shape[1]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for images with {channels} channels")
-    device = batch.device
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=torch.float32, device=device)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=torch.float32, device=device)
-    return batch.to(torch.float32).mul_(scale.view(1, channels, 1, 1)).sub_(shift.view(1, channels, 1, 1))
+    return Normaliser(mean, std, batch.device)(batch)
 
 
 def iterate_batches(
@@ -118,6 +131,7 @@ def iterate_batches(
     else:
         order = torch.arange(count)
     source_device = images.images.device
+    normaliser = Normaliser(mean, std, device)
     for start in range(0, count, batch_size):
         index = order[start : start + batch_size]
         if shuffle and len(index) == 1 and count > 1:
@@ -129,7 +143,7 @@ def iterate_batches(
         if shuffle:
             batch = apply_augmentation(batch, augmentation, aug_generator, pad)
         yield {
-            "input": normalise(batch, mean, std),
+            "input": normaliser(batch),
             "target": targets.to(device, non_blocking=True),
             "index": index.to(device, non_blocking=True),
         }

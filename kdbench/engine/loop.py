@@ -56,7 +56,8 @@ def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
     started = time.perf_counter()
     num_images = len(parts.train_set.targets)
     steps = max(1, num_images // parts.batch_size + (num_images % parts.batch_size > 1))
-    sums: dict[str, torch.Tensor] = {}
+    names: list[str] = []
+    sums = torch.zeros(0, device=parts.device)  # per-term sums weighted by batch size, kept on the device
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     seen = 0
     batches = iterate_batches(parts.train_set, parts.batch_size, shuffle=True, seed=parts.seed, epoch=epoch,
@@ -70,21 +71,22 @@ def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
                 with torch.no_grad():
                     teacher_out = parts.teacher_taps(batch["input"])
             terms = parts.loss(student_out, teacher_out, batch, progress)
-        total = torch.stack([value.float() for value in terms.values()]).sum()
+        values = torch.stack([value.float() for value in terms.values()])
+        total = values.sum()
         parts.optimizer.zero_grad(set_to_none=True)
         total.backward()
         parts.optimizer.step()
         size = batch["target"].shape[0]
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float() * size
-        sums["total"] = sums.get("total", 0.0) + total.detach() * size
+        if not names:
+            names = [*terms, "total"]
+            sums = torch.zeros(len(names), device=parts.device)
+        sums += torch.cat([values.detach(), total.detach()[None]]) * size
         correct += (student_out["logits"].detach().argmax(dim=1) == batch["target"]).sum()
         seen += size
-    names = list(sums)
-    means = (torch.stack([sums[n] for n in names]) / max(1, seen)).tolist()  # one sync per epoch
-    values = dict(zip(names, means, strict=True))
-    for name, value in values.items():
+    means = (sums / max(1, seen)).tolist()  # the epoch's one host-device sync for the loss terms
+    values_by_name = dict(zip(names, means, strict=True))
+    for name, value in values_by_name.items():
         if not math.isfinite(value):
             raise NonFiniteLossError(f"loss term '{name}' is {value} in epoch {epoch}")
-    values["top1"] = 100.0 * int(correct) / max(1, seen)
-    return EpochResult(terms=values, images=seen, seconds=time.perf_counter() - started)
+    values_by_name["top1"] = 100.0 * int(correct) / max(1, seen)
+    return EpochResult(terms=values_by_name, images=seen, seconds=time.perf_counter() - started)

@@ -1,0 +1,41 @@
+"""The demo grid itself, end to end through the CLI, then again (which must train nothing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kdbench.report import load_records, summary_table
+from tests_support import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_grid_end_to_end(tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "kdbench", "run", "experiments/demo.yaml", "--results", str(results)]
+    started = time.perf_counter()
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    seconds = time.perf_counter() - started
+    print(f"demo took {seconds:.0f} s")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "[14/14]" in first.stdout and "epoch 20/20" in first.stdout  # progress while it runs
+    assert "mean ± sample std" in first.stdout and f"records: {results / 'demo' / 'runs'}" in first.stdout
+    assert f"MLflow:  sqlite:///{results / 'mlflow.db'}" in first.stdout
+
+    records = load_records(results / "demo" / "runs")
+    assert len(records) == 14 and set(records["status"]) == {"done"}
+    table = summary_table(records)
+    students = table[table["stage"] == "student"]
+    assert sorted(set(students["dataset"])) == ["digits", "digits-lt-exp-10"]
+    assert set(students["method"]) == {"vanilla", "kd"} and set(students["n"]) == {3}
+    balanced = students[students["dataset"] == "digits"].set_index("method")
+    # distillation from a 98%-accurate teacher must help this 8k-parameter student on balanced digits
+    assert balanced.loc["kd", "mean"] > balanced.loc["vanilla", "mean"]
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert again.returncode == 0 and "ran 0 runs" in again.stdout and "14 already done" in again.stdout
