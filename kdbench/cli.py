@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status, "report": _cmd_report, "meth
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdbench` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("kdbench").setLevel(logging.INFO)
     for noisy in ("alembic", "mlflow"):

@@ -27,7 +27,7 @@ def register_method(name: str):
 class Needs:
     """What a method needs from the harness: taps per network, batch extras, views and dataset facts."""
 
-    student_taps: tuple[str, ...] = ("logits",)
+    student_taps: tuple[str, ...] = ("logits",)  # "stage*" stands for every stageK of the model
     teacher_taps: tuple[str, ...] = ("logits",)
     batch_extras: tuple[str, ...] = ()
     views: str = "single"
@@ -103,6 +103,11 @@ class DistillLoss(nn.Module):
                     f"method '{cls.name}' has no hyper-parameter '{key}'{closest_match_hint(key, allowed)}; "
                     f"allowed: {', '.join(allowed) or 'none'}"
                 )
+
+    @classmethod
+    def needs_for(cls, hparams: dict[str, Any]) -> Needs:
+        """The needs of this method with these hyper-parameters (e.g. FitNet's hint stage); default: ``needs``."""
+        return cls.needs
 
     @classmethod
     def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def test_method_whose_needs_the_dataset_cannot_meet(tmp_path):
         "    needs = Needs(views='rotations4')\n"
     )
     grid = parse_grid(_with(plugins=[str(plugin)], methods=["needs_rotations"]), base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="needs views 'rotations4'.*datasets\\[0\\]"):
+    with pytest.raises(ConfigError, match="method 'needs_rotations' on pair cnn_large->cnn_small, dataset synthetic: "
+                       "needs views 'rotations4'"):
         plan_grid(grid, tmp_path / "results")
 
 
@@ -148,7 +149,8 @@ def test_method_needing_a_tap_the_model_lacks(tmp_path):
     raw = _with(plugins=[str(plugin)], methods=["needs_tokens"],
                 pairs=[{"teacher": "mlp_1200x2", "student": "mlp_800x2"}])
     grid = parse_grid(raw, base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="student tap 'tokens'.*pairs\\[0\\] student mlp_800x2"):
+    with pytest.raises(ConfigError, match="pair mlp_1200x2->mlp_800x2.*needs the student tap 'tokens', "
+                       "which student mlp_800x2"):
         plan_grid(grid, tmp_path / "results")
 
 

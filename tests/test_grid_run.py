@@ -111,3 +111,14 @@ def test_results_root_is_configurable(tiny_grid_raw, tmp_path):
     run_grid(grid, "x", results_root=tmp_path / "elsewhere")
     assert list((tmp_path / "elsewhere" / "tiny" / "runs").glob("*/record.json"))
     assert not Path(raw["output"]).exists()
+
+
+def test_local_process_pool_runs_in_parallel(tiny_grid_raw):
+    raw = copy.deepcopy(tiny_grid_raw)
+    raw.update(datasets=raw["datasets"][:1], seeds=[0, 1], methods=["vanilla"],
+               executor={"kind": "local", "workers": 2, "device": "cpu"})
+    grid = parse_grid(raw)
+    outcome = run_grid(grid, "x")
+    assert sorted(r.seed for r in outcome.ran) == [0, 1] and {r.status for r in outcome.ran} == {"done"}
+    uri, experiment = tracking_target(grid, grid_paths(grid))
+    assert len(_mlflow_runs(uri, experiment)) == 2

@@ -163,7 +163,7 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
     teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
                              if spec.teacher is not None else (None, None))
     input_shape = (info.in_channels, info.input_size, info.input_size)
-    needs = method_cls.needs
+    needs = method_cls.needs_for(spec.params)
     ctx = LossContext(
         num_classes=data.num_classes,
         student_shapes=tap_shapes(student, needs.student_taps, input_shape),

@@ -1,46 +1,59 @@
-"""Plan-time check that every method's needs can be met by the data layer and by each pair's taps."""
+"""Plan-time check that every run's method needs can be met by the data layer and by its models' taps."""
 
 from __future__ import annotations
 
 import torch
 
-from kdbench.config import ConfigError, GridConfig
+from kdbench.config import ConfigError
 from kdbench.data import SUPPORTED_BATCH_EXTRAS, SUPPORTED_VIEWS
 from kdbench.loss import METHODS
-from kdbench.models import available_taps, build_model
+from kdbench.models import available_taps, build_model, expand_tap_names
+from kdbench.runspec import RunSpec
 
 
-def _taps_of(arch: str, kwargs: dict, num_classes: int, cache: dict) -> set[str]:
-    key = (arch, tuple(sorted(kwargs.items())))
-    if key not in cache:
-        with torch.device("meta"):  # no memory, no init cost: only the module structure is needed
-            cache[key] = set(available_taps(build_model(arch, num_classes, **kwargs)))
-    return cache[key]
+class _TapCatalog:
+    """Taps per (arch, kwargs), from models built on the meta device (no memory, no init cost)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, torch.nn.Module] = {}
+
+    def model(self, arch: str, kwargs: dict) -> torch.nn.Module:
+        key = f"{arch}:{sorted(kwargs.items())}"
+        if key not in self._models:
+            with torch.device("meta"):
+                self._models[key] = build_model(arch, 10, **kwargs)
+        return self._models[key]
 
 
-def check_method_needs(grid: GridConfig) -> None:
-    """Raise ConfigError naming the method, the pair or dataset, and the unmet need."""
-    cache: dict = {}
-    for m_index, entry in enumerate(grid.methods):
-        needs = METHODS.get(entry.name).needs
-        for d_index, dataset in enumerate(grid.datasets):
-            if needs.views not in SUPPORTED_VIEWS:
-                raise ConfigError(f"methods[{m_index}] '{entry.display}' needs views '{needs.views}', which the data "
-                                  f"layer cannot give for datasets[{d_index}] ({dataset.variant}); "
-                                  f"available: {', '.join(SUPPORTED_VIEWS)}")
-            missing = [extra for extra in needs.batch_extras if extra not in SUPPORTED_BATCH_EXTRAS]
-            if missing:
-                raise ConfigError(f"methods[{m_index}] '{entry.display}' needs batch extras {missing}, which the data "
-                                  f"layer cannot give for datasets[{d_index}] ({dataset.variant}); "
-                                  f"available: {', '.join(SUPPORTED_BATCH_EXTRAS)}")
-        for p_index, pair in enumerate(grid.pairs):
-            sides = [("student", pair.student, needs.student_taps)]
-            if needs.teacher:
-                sides.append(("teacher", pair.teacher, needs.teacher_taps))
-            for side, choice, wanted in sides:
-                have = _taps_of(choice.arch, choice.kwargs, 10, cache)
-                for tap in wanted:
-                    if tap not in have:
-                        raise ConfigError(f"methods[{m_index}] '{entry.display}' needs the {side} tap '{tap}', which "
-                                          f"pairs[{p_index}] {side} {choice.arch} does not have; "
-                                          f"it has: {', '.join(sorted(have))}")
+def check_method_needs(specs: list[RunSpec]) -> None:
+    """Raise ConfigError naming the method, the pair or dataset, and the unmet need, before anything runs."""
+    catalog = _TapCatalog()
+    checked: set[str] = set()
+    for spec in specs:
+        needs = METHODS.get(spec.method).needs_for(spec.params)
+        where = f"method '{spec.display_method}' on pair {spec.pair}, dataset {spec.dataset.variant}"
+        if needs.views not in SUPPORTED_VIEWS:
+            raise ConfigError(f"{where}: needs views '{needs.views}', which the data layer cannot give; "
+                              f"available: {', '.join(SUPPORTED_VIEWS)}")
+        missing = [extra for extra in needs.batch_extras if extra not in SUPPORTED_BATCH_EXTRAS]
+        if missing:
+            raise ConfigError(f"{where}: needs batch extras {missing}, which the data layer cannot give; "
+                              f"available: {', '.join(SUPPORTED_BATCH_EXTRAS)}")
+        sides = [("student", spec.arch, spec.arch_kwargs, needs.student_taps)]
+        if spec.teacher is not None:
+            sides.append(("teacher", spec.teacher.arch, spec.teacher.arch_kwargs, needs.teacher_taps))
+        for side, arch, kwargs, wanted in sides:
+            key = f"{side}:{arch}:{sorted(kwargs.items())}:{wanted}"
+            if key in checked:
+                continue
+            checked.add(key)
+            model = catalog.model(arch, kwargs)
+            have = available_taps(model)
+            resolved = expand_tap_names(model, wanted)
+            if not resolved and wanted:
+                raise ConfigError(f"{where}: needs the {side}'s stage taps, but {arch} has none; it has: "
+                                  f"{', '.join(have)}")
+            for tap in resolved:
+                if tap not in have:
+                    raise ConfigError(f"{where}: needs the {side} tap '{tap}', which {side} {arch} does not have; "
+                                      f"it has: {', '.join(have)}")

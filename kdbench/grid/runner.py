@@ -48,9 +48,10 @@ def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | Non
 
 def plan_grid(grid: GridConfig, results_root: str | Path | None = None) -> tuple[GridPaths, list[PlannedRun]]:
     """Expand and check the grid, then read each run's status; raises ConfigError on bad input."""
-    check_method_needs(grid)
+    specs = expand_grid(grid)
+    check_method_needs(specs)
     paths = grid_paths(grid, results_root)
-    return paths, plan_runs(expand_grid(grid), paths.runs_root)
+    return paths, plan_runs(specs, paths.runs_root)
 
 
 @dataclass

@@ -15,14 +15,24 @@ from kdbench.models import (  # noqa: F401  (imported to register their models)
     wide_resnet,
 )
 from kdbench.models.catalog import MODELS, ModelInfo, build_model, model_info, model_names, register_model
-from kdbench.models.taps import FeatureTaps, available_taps, get_classifier, tap_shapes, tokens_from_map
+from kdbench.models.taps import (
+    ALL_STAGES,
+    FeatureTaps,
+    available_taps,
+    expand_tap_names,
+    get_classifier,
+    tap_shapes,
+    tokens_from_map,
+)
 
 __all__ = [
+    "ALL_STAGES",
     "MODELS",
     "FeatureTaps",
     "ModelInfo",
     "available_taps",
     "build_model",
+    "expand_tap_names",
     "get_classifier",
     "model_info",
     "model_names",

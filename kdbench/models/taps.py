@@ -87,12 +87,29 @@ def tokens_from_map(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(2).transpose(1, 2)
 
 
+ALL_STAGES = "stage*"
+
+
+def expand_tap_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Replace the wildcard ``stage*`` by every ``stageK`` of ``model`` (in order); keep other names as given."""
+    expanded: list[str] = []
+    for name in names:
+        if name == ALL_STAGES:
+            expanded += [t for t in available_taps(model) if re.fullmatch(r"stage\d+", t)]
+        else:
+            expanded.append(name)
+    return list(dict.fromkeys(expanded))
+
+
 class FeatureTaps:
-    """Forward hooks on ``model`` for the requested taps; ``taps(x)`` returns ``{"logits": …, <tap>: …}``."""
+    """Forward hooks on ``model`` for the requested taps; ``taps(x)`` returns ``{"logits": …, <tap>: …}``.
+
+    ``stage*`` in ``names`` stands for all of the model's ``stageK`` taps (e.g. for attention transfer).
+    """
 
     def __init__(self, model: nn.Module, names: Iterable[str]) -> None:
         self.model = model
-        self.names: list[str] = list(dict.fromkeys(names))
+        self.names: list[str] = expand_tap_names(model, names)
         inner = _tapped(model)
         available = available_taps(model)
         for name in self.names:
