@@ -86,6 +86,8 @@ class DistillLoss(nn.Module):
     paper: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
     defaults: ClassVar[dict[str, Any]] = {}
+    #: K negatives per sample, set by methods whose needs include the batch extra "contrast_index"
+    contrast_k: int | None = None
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__()

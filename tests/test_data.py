@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kdbench.data import (
-    SUPPORTED_VIEWS,
+    VIEWS,
     DataBundle,
     DatasetSpec,
     ImageSet,
@@ -171,7 +171,7 @@ def test_digits_resized(size: int, channels: int) -> None:
 
 def test_dataset_names_and_views() -> None:
     assert {"cifar10", "cifar100", "digits", "mnist", "synthetic"} <= set(dataset_names())
-    assert SUPPORTED_VIEWS == ("single",)
+    assert "single" in VIEWS
 
 
 # ---------------------------------------------------------------- MNIST and IDX
@@ -413,3 +413,26 @@ def test_normalisation_and_device_move() -> None:
     with pytest.raises(ValueError, match="allowed: crop_flip, jitter, none"):
         next(iter(iterate_batches(data, 8, shuffle=True, seed=0, epoch=0, augmentation="mixup", mean=mean, std=std,
                                   device="cpu")))  # fmt: skip
+
+
+def test_contrast_indices_put_the_sample_first_and_negatives_of_other_classes() -> None:
+    from kdbench.data import negatives_available, sample_contrast_indices
+
+    targets = torch.tensor([0] * 6 + [1] * 3 + [2] * 3)
+    index = torch.tensor([0, 7, 11])
+    drawn = sample_contrast_indices(index, targets, 5, torch.Generator().manual_seed(0))
+    assert drawn.shape == (3, 6) and torch.equal(drawn[:, 0], index)
+    assert (targets[drawn[:, 1:]] != targets[index][:, None]).all()
+    again = sample_contrast_indices(index, targets, 5, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+    assert negatives_available(targets, 3) == 6  # class 0 has 12 - 6 others
+
+
+def test_iterate_batches_adds_contrast_indices_only_when_asked() -> None:
+    images = ImageSet(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), torch.arange(10) % 2)
+    args = dict(shuffle=True, seed=0, epoch=1, augmentation="none", mean=(0.0,), std=(1.0,), device="cpu")
+    plain = next(iterate_batches(images, 4, **args))
+    assert "contrast_index" not in plain
+    with_contrast = next(iterate_batches(images, 4, contrast_k=3, **args))
+    assert with_contrast["contrast_index"].shape == (4, 4)
+    assert torch.equal(with_contrast["contrast_index"][:, 0], with_contrast["index"])

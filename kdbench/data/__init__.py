@@ -2,26 +2,23 @@
 
 from kdbench.data import cifar, digits, mnist, synthetic  # noqa: F401  (register the built-in datasets)
 from kdbench.data.adapt import adapt_images, channel_stats
-from kdbench.data.batches import (
-    AUGMENTATIONS,
-    SUPPORTED_BATCH_EXTRAS,
-    SUPPORTED_VIEWS,
-    apply_augmentation,
-    iterate_batches,
-)
+from kdbench.data.augment import AUGMENTATIONS, apply_augmentation
+from kdbench.data.batches import SUPPORTED_BATCH_EXTRAS, iterate_batches
 from kdbench.data.build import build_data, select_subsets
 from kdbench.data.bundle import DataBundle, ImageSet
+from kdbench.data.contrast import negatives_available, sample_contrast_indices, warn_if_too_many_negatives
 from kdbench.data.longtail import PROFILES, long_tailed_counts
 from kdbench.data.sources import DATASETS, DatasetSource, RawData, dataset_names, get_source, register_dataset
 from kdbench.data.spec import DatasetSpec, LongTailSpec
 from kdbench.data.validate import validate_dataset_spec
+from kdbench.data.views import VIEWS, make_views, register_view, view_copies
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "PROFILES",
     "SUPPORTED_BATCH_EXTRAS",
-    "SUPPORTED_VIEWS",
+    "VIEWS",
     "DataBundle",
     "DatasetSource",
     "DatasetSpec",
@@ -35,6 +32,12 @@ __all__ = [
     "dataset_names",
     "get_source",
     "iterate_batches",
+    "make_views",
+    "negatives_available",
+    "register_view",
+    "sample_contrast_indices",
+    "view_copies",
+    "warn_if_too_many_negatives",
     "long_tailed_counts",
     "register_dataset",
     "select_subsets",

@@ -6,69 +6,20 @@ import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from kdbench.data.augment import AUGMENTATIONS
 from kdbench.data.bundle import ImageSet
+from kdbench.data.contrast import sample_contrast_indices
+from kdbench.data.views import make_views
 
-#: Training augmentations iterate_batches knows.
-AUGMENTATIONS = ("crop_flip", "jitter", "none")
-#: Views per image the data path can produce (multi-view methods need more, not yet supported).
-SUPPORTED_VIEWS = ("single",)
-SUPPORTED_BATCH_EXTRAS = ("index",)  # what every batch carries besides input and target
-#: Padding of the "jitter" augmentation: random translation by up to ±2 pixels (Hinton's MNIST teacher).
-JITTER_PAD = 2
+#: What a batch can carry besides input and target: the dataset index always, contrast indices on request.
+SUPPORTED_BATCH_EXTRAS = ("index", "contrast_index")
 
 
 def derive_seed(seed: int, epoch: int, stream: str) -> int:
     """A 63-bit seed from (seed, epoch, stream name), stable across processes and restarts."""
     digest = hashlib.sha256(f"kdbench:{seed}:{epoch}:{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def crop_batch(
-    padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """Per-image crops of ``size`` at (top, left) from a padded B×C×H'×W' batch, mirrored where ``flip``.
-
-    Two ``torch.gather`` calls (rows, then columns; mirrored columns are gathered in reverse), no per-sample
-    loop; ``top``/``left``/``flip`` are length-B tensors on any device.
-    """
-    height, width = size
-    batch, channels, _, padded_width = padded.shape
-    device = padded.device
-    top, left, flip = top.to(device), left.to(device), flip.to(device)
-    rows = top[:, None] + torch.arange(height, device=device)[None, :]  # B×H
-    ascending = torch.arange(width, device=device)
-    cols = left[:, None] + torch.where(flip[:, None], (width - 1) - ascending[None, :], ascending[None, :])  # B×W
-    picked_rows = torch.gather(padded, 2, rows[:, None, :, None].expand(batch, channels, height, padded_width))
-    return torch.gather(picked_rows, 3, cols[:, None, None, :].expand(batch, channels, height, width))
-
-
-def apply_augmentation(
-    batch_uint8: torch.Tensor, augmentation: str, generator: torch.Generator, pad: int = 4
-) -> torch.Tensor:
-    """Augment a B×C×H×W batch (any dtype, any device) with random draws from a CPU ``generator``.
-
-    "crop_flip": zero-pad by ``pad``, random crop back to H×W (offsets uniform in 0..2·pad, as torchvision's
-    RandomCrop(padding=pad)), horizontal flip with p=0.5. "jitter": zero-pad by JITTER_PAD=2 and random crop
-    (translation by up to ±2 pixels), no flip. "none": the batch unchanged. Unknown names raise ValueError.
-    """
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation '{augmentation}' is unknown; allowed: {', '.join(AUGMENTATIONS)}")
-    if augmentation == "none":
-        return batch_uint8
-    amount = pad if augmentation == "crop_flip" else JITTER_PAD
-    if amount < 0:
-        raise ValueError(f"pad={pad}: padding must be >= 0")
-    count = batch_uint8.shape[0]
-    top = torch.randint(0, 2 * amount + 1, (count,), generator=generator)
-    left = torch.randint(0, 2 * amount + 1, (count,), generator=generator)
-    if augmentation == "crop_flip":
-        flip = torch.rand(count, generator=generator) < 0.5
-    else:
-        flip = torch.zeros(count, dtype=torch.bool)
-    padded = F.pad(batch_uint8, (amount, amount, amount, amount)) if amount else batch_uint8
-    return crop_batch(padded, top, left, flip, tuple(batch_uint8.shape[-2:]))
 
 
 class Normaliser:
@@ -107,6 +58,8 @@ def iterate_batches(
     std: Sequence[float],
     device: torch.device | str,
     pad: int = 4,
+    views: str = "single",
+    contrast_k: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches ``{"input", "target", "index"}`` of an in-memory ImageSet, all on ``device``.
 
@@ -118,6 +71,10 @@ def iterate_batches(
     batch is kept. With ``shuffle=False`` (evaluation) the order is natural, ``augmentation`` is ignored (no
     augmentation) and nothing is dropped.
     The images may already live on ``device`` (see ImageSet.to); only the batch is moved otherwise.
+
+    Training only: ``views`` (see views.py) turns the B images into V·B inputs, the plain view first (``target``
+    and ``index`` stay B long); ``contrast_k`` adds ``contrast_index`` (B×(K+1): the sample, then K negatives of
+    other classes) from a third local generator seeded by (seed, epoch).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -128,6 +85,7 @@ def iterate_batches(
     if shuffle:
         order = torch.randperm(count, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, "order")))
         aug_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, "augment"))
+        contrast_generator = torch.Generator().manual_seed(derive_seed(seed, epoch, "contrast"))
     else:
         order = torch.arange(count)
     source_device = images.images.device
@@ -141,9 +99,12 @@ def iterate_batches(
         targets = images.targets[positions]
         batch = batch.to(device, non_blocking=True)
         if shuffle:
-            batch = apply_augmentation(batch, augmentation, aug_generator, pad)
-        yield {
+            batch = make_views(views, batch, augmentation, aug_generator, pad)
+        item = {
             "input": normaliser(batch),
             "target": targets.to(device, non_blocking=True),
             "index": index.to(device, non_blocking=True),
         }
+        if shuffle and contrast_k is not None:
+            item["contrast_index"] = sample_contrast_indices(index, images.targets, contrast_k, contrast_generator)
+        yield item

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.data.batches import crop_batch
+from kdbench.data.augment import crop_batch
 from kdbench.data.sources import RawData, register_dataset
 from kdbench.data.spec import DatasetSpec
 

@@ -41,6 +41,8 @@ class TrainParts:
     train_set: ImageSet
     batch_size: int
     augmentation: str
+    views: str
+    contrast_k: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     device: torch.device
@@ -61,7 +63,8 @@ def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     seen = 0
     batches = iterate_batches(parts.train_set, parts.batch_size, shuffle=True, seed=parts.seed, epoch=epoch,
-                              augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device)
+                              augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device,
+                              views=parts.views, contrast_k=parts.contrast_k)
     for step, batch in enumerate(batches):
         progress = Progress(epoch=epoch, epochs=parts.epochs, step=step, steps_per_epoch=steps)
         with parts.autocast:
@@ -76,12 +79,12 @@ def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
         parts.optimizer.zero_grad(set_to_none=True)
         total.backward()
         parts.optimizer.step()
-        size = batch["target"].shape[0]
+        size = batch["target"].shape[0]  # B images; multi-view inputs hold V·B rows, the plain view first
         if not names:
             names = [*terms, "total"]
             sums = torch.zeros(len(names), device=parts.device)
         sums += torch.cat([values.detach(), total.detach()[None]]) * size
-        correct += (student_out["logits"].detach().argmax(dim=1) == batch["target"]).sum()
+        correct += (student_out["logits"][:size].detach().argmax(dim=1) == batch["target"]).sum()
         seen += size
     means = (sums / max(1, seen)).tolist()  # the epoch's one host-device sync for the loss terms
     values_by_name = dict(zip(names, means, strict=True))

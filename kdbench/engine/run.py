@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from kdbench.data import DataBundle, build_data
+from kdbench.data import DataBundle, build_data, warn_if_too_many_negatives
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
 from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance, resolve_device
 from kdbench.engine.evaluate import evaluate
@@ -171,6 +171,12 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
         num_samples=len(train_set.targets), class_counts=tuple(data.class_counts), epochs=recipe.epochs,
     )
     loss = method_cls(ctx, **spec.params).to(device)
+    contrast_k = None
+    if "contrast_index" in needs.batch_extras:
+        if loss.contrast_k is None:
+            raise ValueError(f"method '{spec.method}' needs contrast indices but sets no contrast_k")
+        contrast_k = loss.contrast_k
+        warn_if_too_many_negatives(contrast_k, train_set.targets, data.num_classes)
     optimizer = torch.optim.SGD([*student.parameters(), *loss.parameters()], lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
@@ -180,6 +186,7 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
                        teacher_taps=FeatureTaps(teacher, needs.teacher_taps) if teacher is not None else None,
                        loss=loss, optimizer=optimizer, train_set=train_set, batch_size=recipe.batch_size,
                        augmentation=data.augmentation if recipe.augmentation == "default" else recipe.augmentation,
+                       views=needs.views, contrast_k=contrast_k,
                        mean=data.mean, std=data.std, device=device, seed=spec.seed, epochs=recipe.epochs,
                        autocast=autocast)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdbench.config import ConfigError
-from kdbench.data import SUPPORTED_BATCH_EXTRAS, SUPPORTED_VIEWS
+from kdbench.data import SUPPORTED_BATCH_EXTRAS, VIEWS
 from kdbench.loss import METHODS
 from kdbench.models import available_taps, build_model, expand_tap_names
 from kdbench.runspec import RunSpec
@@ -32,9 +32,9 @@ def check_method_needs(specs: list[RunSpec]) -> None:
     for spec in specs:
         needs = METHODS.get(spec.method).needs_for(spec.params)
         where = f"method '{spec.display_method}' on pair {spec.pair}, dataset {spec.dataset.variant}"
-        if needs.views not in SUPPORTED_VIEWS:
+        if needs.views not in VIEWS:
             raise ConfigError(f"{where}: needs views '{needs.views}', which the data layer cannot give; "
-                              f"available: {', '.join(SUPPORTED_VIEWS)}")
+                              f"available: {', '.join(sorted(VIEWS))}")
         missing = [extra for extra in needs.batch_extras if extra not in SUPPORTED_BATCH_EXTRAS]
         if missing:
             raise ConfigError(f"{where}: needs batch extras {missing}, which the data layer cannot give; "
