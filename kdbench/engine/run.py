@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
@@ -16,14 +15,14 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from kdbench.data import DataBundle, build_data, warn_if_too_many_negatives
+from kdbench.data import DataBundle, build_data
+from kdbench.engine.assemble import assemble_training
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
 from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance, resolve_device
 from kdbench.engine.evaluate import evaluate
-from kdbench.engine.loop import TrainParts, train_epoch
+from kdbench.engine.loop import train_epoch
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
-from kdbench.loss import METHODS, LossContext
-from kdbench.models import FeatureTaps, build_model, model_info, tap_shapes
+from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
 from kdbench.tracking.mlflow_sink import MlflowSink
 from kdbench.tracking.record import BestVal, EpochLog, EvalResult, RunRecord, TeacherInfo, read_record, write_record
@@ -158,37 +157,13 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
     train_set, test_set = data.train.to(device), data.test.to(device)
     val_set = data.val.to(device) if data.val is not None else None
 
-    method_cls = METHODS.get(spec.method)
     student = build_model(spec.arch, data.num_classes, **spec.arch_kwargs).to(device)
     teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
                              if spec.teacher is not None else (None, None))
-    input_shape = (info.in_channels, info.input_size, info.input_size)
-    needs = method_cls.needs_for(spec.params)
-    ctx = LossContext(
-        num_classes=data.num_classes,
-        student_shapes=tap_shapes(student, needs.student_taps, input_shape),
-        teacher_shapes=tap_shapes(teacher, needs.teacher_taps, input_shape) if teacher is not None else {},
-        num_samples=len(train_set.targets), class_counts=tuple(data.class_counts), epochs=recipe.epochs,
-    )
-    loss = method_cls(ctx, **spec.params).to(device)
-    contrast_k = None
-    if "contrast_index" in needs.batch_extras:
-        if loss.contrast_k is None:
-            raise ValueError(f"method '{spec.method}' needs contrast indices but sets no contrast_k")
-        contrast_k = loss.contrast_k
-        warn_if_too_many_negatives(contrast_k, train_set.targets, data.num_classes)
-    optimizer = torch.optim.SGD([*student.parameters(), *loss.parameters()], lr=recipe.lr, momentum=recipe.momentum,
-                                weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+    parts = assemble_training(method=spec.method, params=spec.params, student=student, teacher=teacher, data=data,
+                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed)
+    loss, optimizer, autocast = parts.loss, parts.optimizer, parts.autocast
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if recipe.precision == "bf16"
-                else contextlib.nullcontext())
-    parts = TrainParts(student=student, student_taps=FeatureTaps(student, needs.student_taps), teacher=teacher,
-                       teacher_taps=FeatureTaps(teacher, needs.teacher_taps) if teacher is not None else None,
-                       loss=loss, optimizer=optimizer, train_set=train_set, batch_size=recipe.batch_size,
-                       augmentation=data.augmentation if recipe.augmentation == "default" else recipe.augmentation,
-                       views=needs.views, contrast_k=contrast_k,
-                       mean=data.mean, std=data.std, device=device, seed=spec.seed, epochs=recipe.epochs,
-                       autocast=autocast)
 
     state = _State()
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
