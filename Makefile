@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check kdbench methods tests
+	$(BIN)/ruff check kdbench methods tests benchmarks
 
 clean-results:
 	rm -rf results/*

@@ -51,8 +51,11 @@ class TrainParts:
     autocast: contextlib.AbstractContextManager
 
 
-def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
-    """Train one epoch (epochs count from 1); raise NonFiniteLossError if any term is not finite."""
+def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> EpochResult:
+    """Train one epoch (epochs count from 1), or its first ``max_steps`` steps (benchmarks).
+
+    Raises NonFiniteLossError if any loss term is not finite.
+    """
     parts.student.train()
     parts.loss.train()
     started = time.perf_counter()
@@ -66,6 +69,8 @@ def train_epoch(parts: TrainParts, epoch: int) -> EpochResult:
                               augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device,
                               views=parts.views, contrast_k=parts.contrast_k)
     for step, batch in enumerate(batches):
+        if max_steps is not None and step >= max_steps:
+            break
         progress = Progress(epoch=epoch, epochs=parts.epochs, step=step, steps_per_epoch=steps)
         with parts.autocast:
             student_out = parts.student_taps(batch["input"])
