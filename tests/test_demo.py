@@ -15,11 +15,12 @@ from tests_support import REPO
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(3600)  # about 3 minutes on an idle 2-core machine; far more when it is shared
 def test_demo_grid_end_to_end(tmp_path):
     results = tmp_path / "results"
     command = [sys.executable, "-m", "kdbench", "run", "experiments/demo.yaml", "--results", str(results)]
     started = time.perf_counter()
-    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3000, env=dict(os.environ))
     seconds = time.perf_counter() - started
     print(f"demo took {seconds:.0f} s")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -37,5 +38,5 @@ def test_demo_grid_end_to_end(tmp_path):
     # distillation from a 98%-accurate teacher must help this 8k-parameter student on balanced digits
     assert balanced.loc["kd", "mean"] > balanced.loc["vanilla", "mean"]
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert again.returncode == 0 and "ran 0 runs" in again.stdout and "14 already done" in again.stdout
