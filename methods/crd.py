@@ -1,0 +1,219 @@
+"""CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+Follows METHODS.md (which follows RepDistiller, the authors' code, where it and the paper differ).
+
+Notation. ``e_s = normalize(g_s(f_s))`` and ``e_t = normalize(g_t(f_t))`` are the 128-d embeddings of the
+student's and the teacher's ``pooled`` features (heads ``g_s``, ``g_t``: Linear(D→feat_dim), both trained; the
+teacher backbone is frozen and its features are detached here). ``M_s`` and ``M_t`` are the N×feat_dim memory
+banks of past student and teacher embeddings (N = training-set size). For a sample with contrast indices
+``j_0`` (the positive) … ``j_K`` (negatives):
+
+* ``u_j = exp(⟨M_t[j], e_s⟩/τ) / Z_s``: the **student** embedding scored against the **teacher** bank
+  (RepDistiller's ``out_v1``, whose loss is ``criterion_s``);
+* ``v_j = exp(⟨M_s[j], e_t⟩/τ) / Z_t``: the **teacher** embedding scored against the **student** bank
+  (RepDistiller's ``out_v2``, ``criterion_t``).
+
+``L_crd = h(u) + h(v)`` with the NCE loss ``h`` of ``nce_loss`` (noise probability ``P_n = 1/N``), then
+``L = ce_weight·CE + crd_weight·L_crd`` (+ ``kd_weight·KD`` for ``crd_kd``).
+
+Choices where the paper, RepDistiller and this implementation differ (each deliberate):
+
+* Normaliser Z. The paper's critic is ``h = e^{s/τ}/(e^{s/τ} + N/M)`` with no Z. RepDistiller (and we) divide
+  by a constant ``Z = mean(exp-scores)·N`` estimated once, on the very first forward, from that batch's own
+  B×(K+1) scores — the same K+1 samples then scored with it, positive column included — and never updated.
+  Here Z_s, Z_t are buffers (−1 means "not set yet"), so they are checkpointed; the sentinel is resolved with
+  ``torch.where`` on the device, so no forward ever calls ``.item()`` or syncs with the host. Z is computed as
+  ``exp(logsumexp − log count)·N`` (same value as RepDistiller's ``exp(·).mean()·N``, no overflow of the
+  intermediate exponentials).
+* Both directions. The paper motivates one critic (teacher anchor); RepDistiller sums the NCE loss of both
+  directions, and so do we (``h(u) + h(v)``).
+* Positives. "Exact" mode (RepDistiller's default): the positive ``j_0`` is the sample itself, not another
+  image of its class ("relax" mode is not implemented).
+* Negatives come from other classes only (uniform with rejection, see ``kdbench.data.contrast``), as
+  RepDistiller's per-class index lists do, yet ``P_n = 1/N`` counts the whole set, as in RepDistiller.
+  K is the number of negative columns of the batch's ``contrast_index`` (the data layer draws ``nce_k``).
+* The loss is evaluated in log space (``log x = s/τ − log Z``; ``log(x/(x+c)) = −softplus(log c − log x)``),
+  which is exactly ``h`` without RepDistiller's ``eps = 1e-7`` in the denominators and cannot give log(0).
+* Precision. Heads, scores, NCE and bank updates run in fp32 with autocast disabled (bf16 scores at τ=0.07
+  would put ~10% errors into ``exp(s/τ)``); banks and Z are fp32.
+* Memory update ``M[n] ← normalize(m·M[n] + (1−m)·e)`` (m = nce_momentum) happens after scoring, without grad,
+  at the batch's ``index``, from the post-normalisation embeddings, student → M_s, teacher → M_t. Banks and Z
+  are only written in training mode (``loss.train()``, which the engine sets); in eval mode the loss is computed
+  from the current state without changing it (an unset Z is then estimated from the batch but not stored).
+  Indices in a batch are assumed distinct (the sampler gives a permutation); duplicates would make the
+  ``index_copy_`` keep an arbitrary one.
+* Banks are initialised uniformly in ±1/√(feat_dim/3) with the global RNG (no generator), like RepDistiller; the
+  rows are not normalised (their expected squared norm is 1).
+* Single process only: under DDP the (embedding, index) pairs of all ranks must be gathered before the bank
+  update, and Z averaged; this is not done here.
+
+Cost: the gathered bank rows are B×(K+1)×feat_dim floats per side, kept for the backward pass (B=64, K=16384:
+≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
+from kdbench.methods.kd import kd_loss
+
+
+def crd_logits(embedding: torch.Tensor, bank: torch.Tensor, contrast_index: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    """B×(K+1) scores ``⟨bank[j], embedding_i⟩/τ`` for ``j = contrast_index[i]`` (one gather, one bmm).
+
+    The bank rows are detached (the bank is state, not a parameter); the gradient flows to ``embedding`` only.
+    """
+    batch, columns = contrast_index.shape
+    rows = bank.detach().index_select(0, contrast_index.reshape(-1)).view(batch, columns, bank.shape[1])
+    return torch.bmm(rows, embedding.unsqueeze(2)).squeeze(2) / temperature
+
+
+def nce_normalizer(logits: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Z = mean over all B×(K+1) entries of ``exp(logits)``, times N (a 0-dim tensor, no grad)."""
+    logits = logits.detach()
+    return torch.exp(torch.logsumexp(logits.reshape(-1), dim=0) - math.log(logits.numel())) * num_samples
+
+
+def nce_loss_from_log(log_x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The NCE loss h(x) of ``nce_loss``, given ``log x`` (B×(K+1), column 0 the positive).
+
+    ``log(x_0/(x_0 + c)) = −softplus(log c − log x_0)`` and ``log(c/(x_k + c)) = −softplus(log x_k − log c)``
+    with ``c = K·P_n = K/N``: exact, and finite whatever the magnitude of x.
+    """
+    negatives = log_x.shape[1] - 1
+    if negatives < 1:
+        raise ValueError(f"NCE needs at least one negative, got scores of shape {tuple(log_x.shape)}")
+    log_c = math.log(negatives / num_samples)
+    positive = F.softplus(log_c - log_x[:, 0])
+    negative = F.softplus(log_x[:, 1:] - log_c).sum(dim=1)
+    return (positive + negative).mean()
+
+
+def nce_loss(x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """NCE loss with noise probability ``P_n = 1/N`` on normalised scores ``x`` (B×(K+1), positive first).
+
+    ``h(x) = −mean_i[ log(x_i0/(x_i0 + K·P_n)) + Σ_{k≥1} log(K·P_n/(x_ik + K·P_n)) ]``, K = columns − 1.
+    ``x`` must be positive (it is ``exp(s/τ)/Z``); ``CRD`` itself works from ``log x`` (``nce_loss_from_log``).
+    """
+    return nce_loss_from_log(torch.log(x), num_samples)
+
+
+@torch.no_grad()
+def momentum_update(bank: torch.Tensor, index: torch.Tensor, embedding: torch.Tensor, momentum: float) -> None:
+    """In place: ``bank[n] ← normalize(m·bank[n] + (1 − m)·e)`` for each batch row (index n, embedding e)."""
+    mixed = bank.index_select(0, index) * momentum + embedding.detach().to(bank.dtype) * (1.0 - momentum)
+    bank.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+def _feature_dim(shapes: dict[str, tuple[int, ...]], side: str, method: str) -> int:
+    if "pooled" not in shapes:
+        raise ValueError(f"{method} needs the {side}'s 'pooled' tap shape in the LossContext; got {sorted(shapes)}")
+    return math.prod(shapes["pooled"])
+
+
+@register_method("crd")
+class CRD(DistillLoss):
+    """ce_weight·CE + crd_weight·(h(u) + h(v)): NCE contrast of embeddings against momentum memory banks.
+
+    See the module docstring for the definitions of u and v and every place this departs from the paper.
+    State (checkpointed by ``state_dict``): ``memory_s``, ``memory_t`` (N×feat_dim), ``z_s``, ``z_t`` (−1 until
+    the first forward). Both heads ``embed_s``, ``embed_t`` are trained (they are this module's parameters).
+    """
+
+    paper = "Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020"
+    needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("pooled",), batch_extras=("index", "contrast_index"))
+    defaults: dict[str, Any] = {
+        "ce_weight": 1.0,
+        "crd_weight": 0.8,
+        "feat_dim": 128,
+        "nce_k": 16384,
+        "nce_t": 0.07,
+        "nce_momentum": 0.5,
+    }
+
+    def __init__(self, ctx: LossContext, **hparams: Any) -> None:
+        super().__init__(ctx, **hparams)
+        if ctx.num_samples <= 0:
+            raise ValueError(f"{self.name} needs the training-set size (LossContext.num_samples), got "
+                             f"{ctx.num_samples}")
+        feat_dim = int(self.hparams["feat_dim"])
+        self.contrast_k = int(self.hparams["nce_k"])
+        self.num_samples = ctx.num_samples
+        self.embed_s = nn.Linear(_feature_dim(ctx.student_shapes, "student", self.name), feat_dim)
+        self.embed_t = nn.Linear(_feature_dim(ctx.teacher_shapes, "teacher", self.name), feat_dim)
+        bound = 1.0 / math.sqrt(feat_dim / 3)
+        self.register_buffer("memory_s", torch.rand(ctx.num_samples, feat_dim) * (2 * bound) - bound)
+        self.register_buffer("memory_t", torch.rand(ctx.num_samples, feat_dim) * (2 * bound) - bound)
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+
+    def _normalizer(self, buffer: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The stored Z, or (first forward) mean(exp-scores)·N, stored when training; no host sync."""
+        z = torch.where(buffer < 0, nce_normalizer(logits, self.num_samples), buffer)
+        if self.training:
+            buffer.copy_(z)
+        return z
+
+    def crd_terms(self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor,
+                  contrast_index: torch.Tensor) -> torch.Tensor:
+        """Unweighted ``h(u) + h(v)`` for pooled features; updates Z (once) and both banks when training."""
+        tau = float(self.hparams["nce_t"])
+        with torch.autocast(device_type=f_s.device.type, enabled=False):
+            e_s = F.normalize(self.embed_s(f_s.flatten(1).float()), dim=1)
+            e_t = F.normalize(self.embed_t(f_t.detach().flatten(1).float()), dim=1)
+            logits_u = crd_logits(e_s, self.memory_t, contrast_index, tau)  # student vs teacher bank
+            logits_v = crd_logits(e_t, self.memory_s, contrast_index, tau)  # teacher vs student bank
+            with torch.no_grad():
+                log_z_s = torch.log(self._normalizer(self.z_s, logits_u))
+                log_z_t = torch.log(self._normalizer(self.z_t, logits_v))
+            loss = (nce_loss_from_log(logits_u - log_z_s, self.num_samples)
+                    + nce_loss_from_log(logits_v - log_z_t, self.num_samples))
+            if self.training:
+                momentum = float(self.hparams["nce_momentum"])
+                momentum_update(self.memory_s, index, e_s, momentum)
+                momentum_update(self.memory_t, index, e_t, momentum)
+        return loss
+
+    def forward(
+        self,
+        student: dict[str, torch.Tensor],
+        teacher: dict[str, torch.Tensor] | None,
+        batch: dict[str, torch.Tensor],
+        progress: Progress,
+    ) -> dict[str, torch.Tensor]:
+        """Return {"ce", "crd"}, each weighted."""
+        assert teacher is not None, f"{self.name} needs a teacher"
+        if "contrast_index" not in batch or "index" not in batch:
+            raise KeyError(f"{self.name} needs batch['index'] and batch['contrast_index'] (declared in its needs)")
+        ce = F.cross_entropy(student["logits"], batch["target"])
+        crd = self.crd_terms(student["pooled"], teacher["pooled"], batch["index"], batch["contrast_index"])
+        return {"ce": self.hparams["ce_weight"] * ce, "crd": self.hparams["crd_weight"] * crd}
+
+
+@register_method("crd_kd")
+class CRDKD(CRD):
+    """CRD plus ``kd_weight·kd_loss(T)`` on the logits (the paper's "CRD+KD")."""
+
+    needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"),
+                  batch_extras=("index", "contrast_index"))
+    defaults: dict[str, Any] = {**CRD.defaults, "kd_weight": 1.0, "temperature": 4.0}
+
+    def forward(
+        self,
+        student: dict[str, torch.Tensor],
+        teacher: dict[str, torch.Tensor] | None,
+        batch: dict[str, torch.Tensor],
+        progress: Progress,
+    ) -> dict[str, torch.Tensor]:
+        """Return {"ce", "crd", "kd"}, each weighted."""
+        terms = super().forward(student, teacher, batch, progress)
+        assert teacher is not None
+        kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
+        return {**terms, "kd": self.hparams["kd_weight"] * kd}
