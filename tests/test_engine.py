@@ -110,44 +110,56 @@ from kdbench.config import parse_grid
 from kdbench.grid import expand_grid
 from kdbench.engine import RunJob, train_run
 import kdbench.engine.loop as loop
+import kdbench.engine.run as run
 
 original = loop.train_epoch
 def slow_epoch(parts, epoch):
     result = original(parts, epoch)
     time.sleep(0.4)  # leaves time to be killed between and inside epochs
     return result
-loop.train_epoch = slow_epoch
-import kdbench.engine.run as run
 run.train_epoch = slow_epoch
-raw = json.loads(sys.argv[1])
-spec = [s for s in expand_grid(parse_grid(raw)) if s.stage == "teacher"][0]
-train_run(RunJob(spec=spec, runs_root=Path(sys.argv[2]), grid="tiny", device="cpu"))
+raw, run_id, runs_root = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+spec = next(s for s in expand_grid(parse_grid(raw)) if s.run_id == run_id)
+train_run(RunJob(spec=spec, runs_root=runs_root, grid="tiny", device="cpu"))
 """
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tiny_grid_raw, tmp_path):
-    raw = copy.deepcopy(tiny_grid_raw)
-    raw["recipe"].update(epochs=6, milestones=[3, 5])
-    # dropout in the teacher run: resume must also restore the global RNG stream
-    raw["pairs"] = [{"teacher": {"arch": "mlp_800x2", "kwargs": {"dropout": 0.3}}, "student": "mlp_800x2"}]
-    spec = next(s for s in _specs(raw) if s.stage == "teacher")
-    reference = train_run(_job(spec, tmp_path / "uninterrupted"))
-    assert reference.status == "done", reference.traceback
-
-    killed_root = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(raw), str(killed_root)])
-    checkpoint = killed_root / spec.run_id / CHECKPOINT_NAME
-    deadline = time.time() + 120
+def _kill_after_epoch(raw: dict, spec, runs_root: Path, epoch: int) -> None:
+    """Start the run in another process and SIGKILL it once its checkpoint holds ``epoch``."""
+    process = subprocess.Popen([sys.executable, "-c", _KILLABLE, json.dumps(raw), spec.run_id, str(runs_root)])
+    checkpoint = runs_root / spec.run_id / CHECKPOINT_NAME
+    deadline = time.time() + 300
     while time.time() < deadline:
         saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
-        if saved is not None and saved["state"]["epoch"] >= 2:
+        if saved is not None and saved["state"]["epoch"] >= epoch:
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert read_record(killed_root / spec.run_id) is None, "killed too late: the run had finished"
+    assert read_record(runs_root / spec.run_id) is None, "killed too late: the run had finished"
 
-    resumed = train_run(_job(spec, killed_root))
+
+# dropout in the teacher run: resume must also restore the global RNG stream; crd_kd and rrd carry state
+# (memory banks and Z, a queue and its pointer) that the checkpoint must restore
+@pytest.mark.parametrize("method", ["teacher", "crd_kd", "rrd"])
+def test_resume_after_kill_matches_uninterrupted_run(tiny_grid_raw, tmp_path, method):
+    raw = copy.deepcopy(tiny_grid_raw)
+    raw["recipe"].update(epochs=5, milestones=[3, 4])
+    raw["pairs"] = [{"teacher": {"arch": "mlp_800x2", "kwargs": {"dropout": 0.3}}, "student": "mlp_800x2"}]
+    raw["methods"] = [{"name": "crd_kd", "params": {"nce_k": 8}}, {"name": "rrd", "params": {"queue_size": 16}}]
+    raw["datasets"], raw["seeds"] = raw["datasets"][:1], [0]
+    specs = _specs(raw)
+    teacher = next(s for s in specs if s.stage == "teacher")
+    spec = teacher if method == "teacher" else next(s for s in specs if s.method == method)
+    roots = [tmp_path / "uninterrupted", tmp_path / "killed"]
+    if spec is not teacher:
+        for root in roots:
+            assert train_run(_job(teacher, root)).status == "done"
+    reference = train_run(_job(spec, roots[0]))
+    assert reference.status == "done", reference.traceback
+
+    _kill_after_epoch(raw, spec, roots[1], epoch=2)
+    resumed = train_run(_job(spec, roots[1]))
     assert resumed.status == "done", resumed.traceback
     assert resumed.provenance["resumed_after_epochs"] and resumed.provenance["resumed_after_epochs"][0] >= 2
     assert resumed.final.model_dump() == reference.final.model_dump()
