@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
-from kdbench.methods.kd import kd_loss
+from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
 
 def crd_logits(embedding: torch.Tensor, bank: torch.Tensor, contrast_index: torch.Tensor,
@@ -198,22 +198,9 @@ class CRD(DistillLoss):
 
 
 @register_method("crd_kd")
-class CRDKD(CRD):
-    """CRD plus ``kd_weight·kd_loss(T)`` on the logits (the paper's "CRD+KD")."""
+class CRDKD(PlusKD, CRD):
+    """CRD plus ``kd_weight·kd_loss(T)`` on the logits (the paper's "CRD+KD"): terms {"ce", "crd", "kd"}."""
 
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"),
                   batch_extras=("index", "contrast_index"))
-    defaults: dict[str, Any] = {**CRD.defaults, "kd_weight": 1.0, "temperature": 4.0}
-
-    def forward(
-        self,
-        student: dict[str, torch.Tensor],
-        teacher: dict[str, torch.Tensor] | None,
-        batch: dict[str, torch.Tensor],
-        progress: Progress,
-    ) -> dict[str, torch.Tensor]:
-        """Return {"ce", "crd", "kd"}, each weighted."""
-        terms = super().forward(student, teacher, batch, progress)
-        assert teacher is not None
-        kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
-        return {**terms, "kd": self.hparams["kd_weight"] * kd}
+    defaults: dict[str, Any] = {**CRD.defaults, **KD_TERM_DEFAULTS}

@@ -43,3 +43,20 @@ class KD(DistillLoss):
         ce = F.cross_entropy(student["logits"], batch["target"])
         kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
         return {"ce": self.hparams["ce_weight"] * ce, "kd": self.hparams["kd_weight"] * kd}
+
+
+class PlusKD:
+    """Mixin that adds ``kd_weight·kd_loss(T)`` on the logits to another method's terms (e.g. CRD+KD, RRD+KD).
+
+    Put it first in the bases (``class CRDKD(PlusKD, CRD)``) and merge ``KD_TERM_DEFAULTS`` into ``defaults``.
+    """
+
+    def forward(self, student, teacher, batch, progress):  # the DistillLoss.forward signature
+        """The base method's terms plus {"kd"}, weighted."""
+        terms = super().forward(student, teacher, batch, progress)
+        assert teacher is not None, f"{type(self).__name__} needs the teacher's logits"
+        kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
+        return {**terms, "kd": self.hparams["kd_weight"] * kd}
+
+
+KD_TERM_DEFAULTS = {"kd_weight": 1.0, "temperature": 4.0}

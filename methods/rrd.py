@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
-from kdbench.methods.kd import kd_loss
+from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
 
 def rrd_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
@@ -126,21 +126,8 @@ class RRD(DistillLoss):
 
 
 @register_method("rrd_kd")
-class RRDKD(RRD):
-    """RRD plus ``kd_weight·kd_loss(T)`` on the logits ("RRD+KD")."""
+class RRDKD(PlusKD, RRD):
+    """RRD plus ``kd_weight·kd_loss(T)`` on the logits ("RRD+KD"): terms {"ce", "rrd", "kd"}."""
 
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"))
-    defaults: dict[str, Any] = {**RRD.defaults, "kd_weight": 1.0, "temperature": 4.0}
-
-    def forward(
-        self,
-        student: dict[str, torch.Tensor],
-        teacher: dict[str, torch.Tensor] | None,
-        batch: dict[str, torch.Tensor],
-        progress: Progress,
-    ) -> dict[str, torch.Tensor]:
-        """Return {"ce", "rrd", "kd"}, each weighted."""
-        terms = super().forward(student, teacher, batch, progress)
-        assert teacher is not None
-        kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
-        return {**terms, "kd": self.hparams["kd_weight"] * kd}
+    defaults: dict[str, Any] = {**RRD.defaults, **KD_TERM_DEFAULTS}
