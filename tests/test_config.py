@@ -127,11 +127,11 @@ def test_method_whose_needs_the_dataset_cannot_meet(tmp_path):
         "@register_method('needs_rotations')\n"
         "class NeedsRotations(DistillLoss):\n"
         "    '''A test method that asks for a view the data layer does not give.'''\n"
-        "    needs = Needs(views='rotations4')\n"
+        "    needs = Needs(views='stereo_pair')\n"
     )
     grid = parse_grid(_with(plugins=[str(plugin)], methods=["needs_rotations"]), base_dir=tmp_path)
     with pytest.raises(ConfigError, match="method 'needs_rotations' on pair cnn_large->cnn_small, dataset synthetic: "
-                       "needs views 'rotations4'"):
+                       "needs views 'stereo_pair'"):
         plan_grid(grid, tmp_path / "results")
 
 
@@ -167,3 +167,13 @@ def test_shipped_grids_parse(monkeypatch):
     if mnist_raw.is_dir():
         grid = load_grid(root / "experiments" / "mnist_hinton.yaml", data_root=str(mnist_raw))
         assert grid.datasets[0].root == str(mnist_raw)
+
+
+def test_fitnet_hint_stage_the_pair_lacks_fails_at_plan_time(tmp_path):
+    from kdbench.grid import plan_grid
+
+    raw = _with(pairs=[{"teacher": "resnet20", "student": "resnet8"}],
+                methods=[{"name": "fitnet", "params": {"hint_stage": 5}}])
+    with pytest.raises(ConfigError, match="'fitnet' on pair resnet20->resnet8.*tap 'stage5'.*resnet8 does not have"):
+        plan_grid(parse_grid(raw), tmp_path / "results")
+    assert not (tmp_path / "results").exists()

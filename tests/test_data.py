@@ -436,3 +436,15 @@ def test_iterate_batches_adds_contrast_indices_only_when_asked() -> None:
     with_contrast = next(iterate_batches(images, 4, contrast_k=3, **args))
     assert with_contrast["contrast_index"].shape == (4, 4)
     assert torch.equal(with_contrast["contrast_index"][:, 0], with_contrast["index"])
+
+
+def test_contrast_k_beyond_the_negatives_warns_and_states_the_fallback(caplog) -> None:
+    from kdbench.data import warn_if_too_many_negatives
+
+    targets = torch.tensor([0] * 6 + [1] * 3 + [2] * 3)
+    with caplog.at_level("WARNING", logger="kdbench"):
+        warn_if_too_many_negatives(5, targets, 3)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="kdbench"):
+        warn_if_too_many_negatives(6, targets, 3)
+    assert "K=6 >= 6 negatives" in caplog.text and "with replacement" in caplog.text
