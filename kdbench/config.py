@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "PairConfig",
     "Recipe",
     "TrackingConfig",
+    "import_plugins",
     "load_grid",
     "parse_grid",
 ]
@@ -249,7 +251,8 @@ class GridConfig(BaseModel):
             if key in seen:
                 raise ValueError(f"pairs[{index}]: duplicate pair {pair.label} (same as pairs[{seen[key]}])")
             seen[key] = index
-            t_info, s_info = model_info(pair.teacher.arch), model_info(pair.student.arch)
+            t_info = model_info(pair.teacher.arch, **pair.teacher.kwargs)
+            s_info = model_info(pair.student.arch, **pair.student.kwargs)
             t_shape = (t_info.in_channels, t_info.input_size)
             if t_shape != (s_info.in_channels, s_info.input_size):
                 raise ValueError(
@@ -325,19 +328,24 @@ def _validation_lines(error: ValidationError) -> list[str]:
     return lines
 
 
-def _import_plugins(plugins: Any, base_dir: Path) -> None:
-    """Import each plugin (a Python file relative to the grid file, or a module name) so it can register."""
+def import_plugins(plugins: Any, base_dir: Path) -> list[str]:
+    """Import each plugin (a Python file relative to ``base_dir``, or a module name) so it can register.
+
+    Returns the plugins with files made absolute, so that worker processes can import them again.
+    """
     if not plugins:
-        return
+        return []
     if not isinstance(plugins, list):
         raise ConfigError(f"plugins = {_format_value(plugins)}: must be a list of Python files or module names")
+    resolved = []
     for index, plugin in enumerate(plugins):
         try:
             if str(plugin).endswith(".py"):
                 path = (base_dir / os.path.expanduser(str(plugin))).resolve()
                 if not path.is_file():
                     raise ConfigError(f"plugins[{index}] = '{plugin}': no such file ({path})")
-                module_name = f"kdbench_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+                resolved.append(str(path))
+                module_name = f"kdbench_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
                 if module_name in sys.modules:
                     continue
                 spec = importlib.util.spec_from_file_location(module_name, path)
@@ -346,12 +354,14 @@ def _import_plugins(plugins: Any, base_dir: Path) -> None:
                 sys.modules[module_name] = module
                 spec.loader.exec_module(module)
             else:
+                resolved.append(str(plugin))
                 importlib.import_module(str(plugin))
         except ConfigError:
             raise
         except Exception as error:  # a plugin's own failure must still be one clear line
             reason = f"{type(error).__name__}: {error}"
             raise ConfigError(f"plugins[{index}] = '{plugin}': import failed: {reason}") from None
+    return resolved
 
 
 def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = None,
@@ -361,8 +371,10 @@ def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = 
 
     if not isinstance(raw, dict):
         raise ConfigError(f"the grid must be a mapping of fields, got {type(raw).__name__}")
-    _import_plugins(raw.get("plugins"), base_dir or Path.cwd())
+    plugins = import_plugins(raw.get("plugins"), base_dir or Path.cwd())
     raw = {"name": default_name, **raw}
+    if plugins:
+        raw["plugins"] = plugins
     if data_root is not None and isinstance(raw.get("datasets"), list):
         raw["datasets"] = [{**d, "root": data_root} if isinstance(d, dict) else d for d in raw["datasets"]]
     if isinstance(raw.get("datasets"), list):

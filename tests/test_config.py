@@ -177,3 +177,12 @@ def test_fitnet_hint_stage_the_pair_lacks_fails_at_plan_time(tmp_path):
     with pytest.raises(ConfigError, match="'fitnet' on pair resnet20->resnet8.*tap 'stage5'.*resnet8 does not have"):
         plan_grid(parse_grid(raw), tmp_path / "results")
     assert not (tmp_path / "results").exists()
+
+
+def test_cnn_teacher_with_timm_vit_student_sizes_by_kwargs():
+    vit = {"arch": "timm:vit_tiny_patch16_224",
+           "kwargs": {"img_size": 32, "patch_size": 4, "depth": 2, "embed_dim": 64, "num_heads": 2}}
+    grid = parse_grid(_with(pairs=[{"teacher": "resnet8", "student": vit}]))
+    assert grid.pairs[0].student.kwargs["img_size"] == 32
+    message = _error(_with(pairs=[{"teacher": "resnet8", "student": {**vit, "kwargs": {"depth": 2}}}]))
+    assert "must share its input" in message and "224" in message  # the default ViT takes 224×224

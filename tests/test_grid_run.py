@@ -113,12 +113,28 @@ def test_results_root_is_configurable(tiny_grid_raw, tmp_path):
     assert not Path(raw["output"]).exists()
 
 
-def test_local_process_pool_runs_in_parallel(tiny_grid_raw):
+CE_PLUGIN = '''
+import torch.nn.functional as F
+from kdbench.loss import DistillLoss, Needs, register_method
+
+@register_method("plugin_ce")
+class PluginCE(DistillLoss):
+    """A plugin method: cross-entropy only."""
+    needs = Needs(teacher_taps=())
+    def forward(self, student, teacher, batch, progress):
+        return {"ce": F.cross_entropy(student["logits"], batch["target"])}
+'''
+
+
+def test_local_process_pool_runs_in_parallel_with_plugins(tiny_grid_raw, tmp_path):
+    plugin = tmp_path / "plugin_ce.py"
+    plugin.write_text(CE_PLUGIN)
     raw = copy.deepcopy(tiny_grid_raw)
-    raw.update(datasets=raw["datasets"][:1], seeds=[0, 1], methods=["vanilla"],
+    raw.update(datasets=raw["datasets"][:1], seeds=[0], methods=["vanilla", "plugin_ce"], plugins=["plugin_ce.py"],
                executor={"kind": "local", "workers": 2, "device": "cpu"})
-    grid = parse_grid(raw)
+    grid = parse_grid(raw, base_dir=tmp_path)
     outcome = run_grid(grid, "x")
-    assert sorted(r.seed for r in outcome.ran) == [0, 1] and {r.status for r in outcome.ran} == {"done"}
+    assert sorted(r.method for r in outcome.ran) == ["plugin_ce", "vanilla"]  # each in a spawned worker
+    assert {r.status for r in outcome.ran} == {"done"}, [r.reason for r in outcome.ran]
     uri, experiment = tracking_target(grid, grid_paths(grid))
     assert len(_mlflow_runs(uri, experiment)) == 2

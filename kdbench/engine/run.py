@@ -15,6 +15,8 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+import kdbench.methods  # noqa: F401  (registers the built-in methods in any worker process)
+from kdbench.config import import_plugins
 from kdbench.data import DataBundle, build_data
 from kdbench.engine.assemble import assemble_training
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
@@ -53,6 +55,7 @@ class RunJob:
     tracking_uri: str | None = None
     tracking_experiment: str | None = None
     label: str = ""
+    plugins: list[str] = field(default_factory=list)  # absolute files or module names, imported in the worker
     observers: list[RunObserver] = field(default_factory=list)
 
     @property
@@ -127,6 +130,7 @@ def train_run(job: RunJob) -> RunRecord:
     if existing is not None and existing.status == "done":
         return existing
     handler = _attach_log_file(run_dir)
+    import_plugins(job.plugins, Path.cwd())  # a spawned worker or Slurm task starts with built-in methods only
     observers = job.all_observers()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
@@ -152,7 +156,7 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
     configure_threads()
     device = resolve_device(job.device)
     seed_everything(spec.seed)
-    info = model_info(spec.arch)
+    info = model_info(spec.arch, **spec.arch_kwargs)
     data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
     train_set, test_set = data.train.to(device), data.test.to(device)
     val_set = data.val.to(device) if data.val is not None else None

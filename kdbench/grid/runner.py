@@ -123,7 +123,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                 _archive_failed(paths.runs_root / run.spec.run_id)
             jobs.append(RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                                device=device or grid.executor.device, tracking_uri=target[0] if target else None,
-                               tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] "))
+                               tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] ",
+                               plugins=list(grid.plugins)))
         for record in _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths):
             outcome.ran.append(record)
             log.info("%s %s: %s%s", "done" if record.status == "done" else "FAILED", record.run_id,

@@ -1,6 +1,7 @@
-"""Models: the CIFAR KD zoo, small digits/MNIST models, and feature taps.
+"""Models: the CIFAR KD zoo, small digits/MNIST models, timm models, and feature taps.
 
-``build_model(name, num_classes, **kwargs)`` builds a registered model; ``FeatureTaps`` collects named
+``build_model(name, num_classes, **kwargs)`` builds a registered model, a CIFAR ViT preset (``vit_cifar_tiny``)
+or any timm model as ``timm:<name>`` (see ``timm_adapter``); ``FeatureTaps`` collects named
 features (``logits``, ``pooled``, ``stage1…N``, ``pre_stageK``, ``tokens``) through forward hooks.
 """
 
@@ -11,6 +12,7 @@ from kdbench.models import (  # noqa: F401  (imported to register their models)
     shufflenet_v1,
     shufflenet_v2,
     small,
+    timm_adapter,
     vgg,
     wide_resnet,
 )
@@ -24,12 +26,15 @@ from kdbench.models.taps import (
     tap_shapes,
     tokens_from_map,
 )
+from kdbench.models.timm_adapter import TIMM_PREFIX, TimmModel
 
 __all__ = [
     "ALL_STAGES",
     "MODELS",
+    "TIMM_PREFIX",
     "FeatureTaps",
     "ModelInfo",
+    "TimmModel",
     "available_taps",
     "build_model",
     "expand_tap_names",

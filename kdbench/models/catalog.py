@@ -1,7 +1,13 @@
-"""The model registry: names, static facts (ModelInfo) and ``build_model``."""
+"""The model registry: names, static facts (ModelInfo) and ``build_model``.
+
+Besides the models registered one by one, ``MODELS`` resolves names by prefix: ``timm:<name>`` is any timm model
+(see ``kdbench.models.timm_adapter``). Such names are accepted everywhere a model name is, but ``model_names()``
+lists only kdbench's own models (timm has hundreds).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import operator
 from collections.abc import Callable
@@ -9,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdbench.registry import Registry, closest_match_hint
+from kdbench.registry import Registry, UnknownNameError, closest_match_hint
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -31,9 +37,65 @@ class ModelEntry:
 
     info: ModelInfo
     factory: ModelFactory
+    # Optional ``info_for(**kwargs) -> ModelInfo``: the facts when built with these kwargs (e.g. timm's img_size).
+    info_for: Callable[..., ModelInfo] | None = None
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+class ModelRegistry(Registry[ModelEntry]):
+    """The model registry, plus prefix resolvers (``timm:<name>``) and unlisted names.
+
+    A resolver turns any name with its prefix into a ModelEntry (raising UnknownNameError for a bad name);
+    unlisted models resolve like registered ones but are left out of ``names()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("model")
+        self._resolvers: dict[str, Callable[[str], ModelEntry]] = {}
+        self._unlisted: dict[str, ModelEntry] = {}
+
+    def add_resolver(self, prefix: str, resolver: Callable[[str], ModelEntry]) -> None:
+        """Resolve every name starting with ``prefix`` (e.g. ``"timm:"``) through ``resolver(name)``."""
+        self._resolvers[prefix] = resolver
+
+    def register_unlisted(self, name: str, entry: ModelEntry) -> None:
+        """Register ``entry`` under ``name`` without listing it in ``names()``."""
+        if name in self._items:
+            raise ValueError(f"model '{name}' is already registered as a listed model")
+        self._unlisted[name] = entry
+
+    def unlisted_names(self) -> list[str]:
+        """Names registered with ``register_unlisted``, sorted."""
+        return sorted(self._unlisted)
+
+    def get(self, name: str) -> ModelEntry:
+        """The entry for ``name``: registered, unlisted, or resolved by prefix; else UnknownNameError."""
+        for prefix, resolver in self._resolvers.items():
+            if name.startswith(prefix):
+                return resolver(name)
+        if name in self._unlisted:
+            return self._unlisted[name]
+        try:
+            return super().get(name)
+        except UnknownNameError:
+            if not (self._resolvers or self._unlisted):
+                raise
+        allowed = sorted([*self.names(), *self._unlisted])
+        prefixes = "".join(f"; or '{prefix}<name>'" for prefix in self._resolvers)
+        raise UnknownNameError(
+            f"unknown model '{name}'{closest_match_hint(name, allowed)}; allowed: {', '.join(allowed)}{prefixes}"
+        ) from None
+
+    def __contains__(self, name: object) -> bool:
+        if isinstance(name, str) and any(name.startswith(prefix) for prefix in self._resolvers):
+            try:
+                self.get(name)
+            except (KeyError, ValueError):
+                return False
+            return True
+        return name in self._unlisted or super().__contains__(name)
+
+
+MODELS = ModelRegistry()
 
 
 def register_model(
@@ -70,7 +132,7 @@ def _check_kwargs(name: str, factory: ModelFactory, kwargs: dict[str, object]) -
 
 
 def build_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
-    """Build the registered model ``name`` with ``num_classes`` outputs."""
+    """Build the registered model ``name`` (or ``timm:<any timm model>``) with ``num_classes`` outputs."""
     entry = MODELS.get(name)
     if isinstance(num_classes, bool) or not hasattr(num_classes, "__index__") or operator.index(num_classes) < 1:
         raise ValueError(f"model '{name}': num_classes must be a positive int, got {num_classes!r}")
@@ -79,11 +141,25 @@ def build_model(name: str, num_classes: int, **kwargs: object) -> nn.Module:
     return entry.factory(num_classes=num_classes, **kwargs)
 
 
-def model_names() -> list[str]:
-    """All registered model names, sorted."""
-    return MODELS.names()
+def model_names(include_unlisted: bool = False) -> list[str]:
+    """All registered model names, sorted (with ``include_unlisted``, also the unlisted ones, e.g. ViT presets).
+
+    Any ``timm:<name>`` (``<name>`` from ``timm.list_models()``) is accepted too but never listed.
+    """
+    return sorted([*MODELS.names(), *MODELS.unlisted_names()]) if include_unlisted else MODELS.names()
 
 
-def model_info(name: str) -> ModelInfo:
-    """Static facts about the registered model ``name``."""
-    return MODELS.get(name).info
+def model_info(name: str, **kwargs: object) -> ModelInfo:
+    """Static facts about the model ``name``; with ``kwargs``, about it as ``build_model(name, n, **kwargs)`` builds it.
+
+    kwargs that change the facts: ``input_size``/``in_channels`` for kdbench's models that take them,
+    ``img_size``/``in_chans`` for timm models and ViT presets. Unknown kwargs raise TypeError as in build_model.
+    """
+    entry = MODELS.get(name)
+    if not kwargs:
+        return entry.info
+    _check_kwargs(name, entry.factory, kwargs)
+    if entry.info_for is not None:
+        return entry.info_for(**kwargs)
+    changes = {key: kwargs[key] for key in ("input_size", "in_channels") if key in kwargs}
+    return dataclasses.replace(entry.info, **changes) if changes else entry.info
