@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdbench.data.spec import DatasetSpec, LongTailSpec
+from kdbench.recipe import Recipe, RecipeOverride
 
 __all__ = [
     "ConfigError",
@@ -25,6 +26,7 @@ __all__ = [
     "Override",
     "PairConfig",
     "Recipe",
+    "RecipeOverride",
     "TrackingConfig",
     "import_plugins",
     "load_grid",
@@ -34,54 +36,6 @@ __all__ = [
 
 class ConfigError(ValueError):
     """Bad input: each line names the field, the bad value and what is allowed."""
-
-
-class Recipe(BaseModel):
-    """A training recipe (PROTOCOL.md defaults are the CIFAR ones)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int = Field(default=240, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=0.05, gt=0)
-    momentum: float = Field(default=0.9, ge=0)
-    nesterov: bool = False
-    weight_decay: float = Field(default=5e-4, ge=0)
-    milestones: tuple[int, ...] = (150, 180, 210)
-    gamma: float = Field(default=0.1, gt=0)
-    augmentation: Literal["default", "crop_flip", "jitter", "none"] = "default"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    eval_batch_size: int = Field(default=256, gt=0)
-
-    @field_validator("milestones")
-    @classmethod
-    def _milestones_increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if list(value) != sorted(set(value)) or any(m <= 0 for m in value):
-            raise ValueError(f"{list(value)} must be strictly increasing positive epochs")
-        return value
-
-
-class RecipeOverride(BaseModel):
-    """Some recipe fields, applied over the base recipe where an override matches."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    epochs: int | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
-    lr: float | None = Field(default=None, gt=0)
-    momentum: float | None = Field(default=None, ge=0)
-    nesterov: bool | None = None
-    weight_decay: float | None = Field(default=None, ge=0)
-    milestones: tuple[int, ...] | None = None
-    gamma: float | None = Field(default=None, gt=0)
-    augmentation: Literal["default", "crop_flip", "jitter", "none"] | None = None
-    precision: Literal["fp32", "bf16"] | None = None
-    eval_batch_size: int | None = Field(default=None, gt=0)
-
-    def apply(self, recipe: Recipe) -> Recipe:
-        """Return ``recipe`` with the fields set here replaced (validated again)."""
-        changes = self.model_dump(exclude_none=True)
-        return Recipe.model_validate({**recipe.model_dump(), **changes}) if changes else recipe
 
 
 class ModelChoice(BaseModel):
