@@ -79,6 +79,17 @@ class Progress:
         return done_steps / max(1, self.epochs * self.steps_per_epoch)
 
 
+def check_view_rows(method: str, view: str, copies: int, target: torch.Tensor,
+                    **tensors: torch.Tensor) -> int:
+    """Raise ValueError unless every tensor holds ``copies`` × B rows (B = len(target)); return B."""
+    size = target.shape[0]
+    wrong = {name: t.shape[0] for name, t in tensors.items() if t.shape[0] != copies * size}
+    if wrong:
+        raise ValueError(f"{method} needs the {view} view: {copies}×{size} rows, got "
+                         + ", ".join(f"{rows} {name} rows" for name, rows in wrong.items()))
+    return size
+
+
 class DistillLoss(nn.Module):
     """Base class of every method: returns a dict of already-weighted loss terms, "ce" included."""
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, check_view_rows, register_method
 
 #: Copies per image of the rotations4 view: rot0 (the plain view), rot90, rot180, rot270.
 NUM_VIEWS = 4
@@ -144,11 +144,8 @@ class MLKD(DistillLoss):
         """Return {"ce", "corr", "supcon", "align"}, each weighted."""
         assert teacher is not None, "mlkd needs a teacher"
         target = batch["target"]
-        size = target.shape[0]
-        rows = student["logits"].shape[0]
-        if rows != NUM_VIEWS * size or teacher["pooled"].shape[0] != rows:
-            raise ValueError(f"mlkd needs the rotations4 view: {NUM_VIEWS}×{size} rows, got {rows} student and "
-                             f"{teacher['pooled'].shape[0]} teacher rows")
+        size = check_view_rows("mlkd", "rotations4", NUM_VIEWS, target, student=student["logits"],
+                               teacher=teacher["pooled"])
         hp = self.hparams
         feat_student = student["pooled"].flatten(1)
         feat_teacher = teacher["pooled"].flatten(1).detach()

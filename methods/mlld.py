@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, check_view_rows, register_method
 from kdbench.methods.kd import kd_loss
 
 VARIANTS = ("described", "released")
@@ -164,11 +164,8 @@ class MLLD(DistillLoss):
         """Return {"ce", "instance", "batch", "class"}, each weighted."""
         assert teacher is not None, "mlld needs a teacher"
         target = batch["target"]
-        size = target.shape[0]
-        rows = student["logits"].shape[0]
-        if rows != 2 * size or teacher["logits"].shape[0] != rows:
-            raise ValueError(f"mlld needs the weak_strong view: 2×{size} rows, got {rows} student and "
-                             f"{teacher['logits'].shape[0]} teacher rows")
+        size = check_view_rows("mlld", "weak_strong", 2, target, student=student["logits"],
+                               teacher=teacher["logits"])
         student_weak, student_strong = student["logits"][:size], student["logits"][size:]
         teacher_logits = teacher["logits"].detach()
         teacher_weak, teacher_strong = teacher_logits[:size], teacher_logits[size:]

@@ -448,3 +448,13 @@ def test_contrast_k_beyond_the_negatives_warns_and_states_the_fallback(caplog) -
     with caplog.at_level("WARNING", logger="kdbench"):
         warn_if_too_many_negatives(6, targets, 3)
     assert "K=6 >= 6 negatives" in caplog.text and "with replacement" in caplog.text
+
+
+@pytest.mark.parametrize("count", [1, 2, 9, 10, 11, 12])
+def test_training_batches_counts_what_iterate_batches_yields(count) -> None:
+    from kdbench.data.batches import training_batches
+
+    images = ImageSet(torch.zeros(count, 1, 4, 4, dtype=torch.uint8), torch.zeros(count, dtype=torch.int64))
+    batches = iterate_batches(images, 5, shuffle=True, seed=0, epoch=1, augmentation="none", mean=(0.0,),
+                              std=(1.0,), device="cpu")
+    assert sum(1 for _ in batches) == training_batches(count, 5)

@@ -89,3 +89,12 @@ def test_kd_method_weights_terms_and_gives_teacher_no_gradient():
 def test_unknown_hyperparameter_names_closest_match():
     with pytest.raises(ValueError, match="no hyper-parameter 'temprature'.*did you mean 'temperature'"):
         KD(LossContext(num_classes=4), temprature=3.0)
+
+
+def test_check_view_rows_names_the_view_and_the_wrong_tensor():
+    from kdbench.loss import check_view_rows
+
+    target = torch.zeros(3, dtype=torch.long)
+    assert check_view_rows("m", "weak_strong", 2, target, student=torch.zeros(6, 5)) == 3
+    with pytest.raises(ValueError, match="m needs the weak_strong view: 2×3 rows, got 3 teacher rows"):
+        check_view_rows("m", "weak_strong", 2, target, student=torch.zeros(6, 5), teacher=torch.zeros(3, 5))

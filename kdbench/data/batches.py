@@ -46,6 +46,12 @@ def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return Normaliser(mean, std, batch.device)(batch)
 
 
+def training_batches(count: int, batch_size: int) -> int:
+    """Batches iterate_batches yields per training epoch (a last batch of one image is dropped)."""
+    full, rest = divmod(count, batch_size)
+    return max(1, full + (rest > 1))
+
+
 def iterate_batches(
     images: ImageSet,
     batch_size: int,

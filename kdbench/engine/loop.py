@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kdbench.data import ImageSet, iterate_batches
+from kdbench.data.batches import training_batches
 from kdbench.loss import DistillLoss, Progress
 from kdbench.models import FeatureTaps
 
@@ -60,7 +61,7 @@ def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> 
     parts.loss.train()
     started = time.perf_counter()
     num_images = len(parts.train_set.targets)
-    steps = max(1, num_images // parts.batch_size + (num_images % parts.batch_size > 1))
+    steps = training_batches(num_images, parts.batch_size)
     names: list[str] = []
     sums = torch.zeros(0, device=parts.device)  # per-term sums weighted by batch size, kept on the device
     correct = torch.zeros((), dtype=torch.long, device=parts.device)

@@ -14,7 +14,7 @@ from kdbench.engine import RunJob
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import expand_grid
 from kdbench.grid.needs import check_method_needs
-from kdbench.grid.status import PlannedRun, plan_runs
+from kdbench.grid.status import PlannedRun, plan_runs, run_status
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
@@ -116,7 +116,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
     for stage in ("teacher", "student"):
         jobs = []
         for run in (r for r in to_run if r.spec.stage == stage):
-            if run.spec.teacher is not None and not _teacher_done(paths.runs_root / run.spec.teacher.run_id):
+            teacher_dir = paths.runs_root / run.spec.teacher.run_id if run.spec.teacher else None
+            if teacher_dir is not None and run_status(teacher_dir)[0] != "done":
                 outcome.blocked.append(run.spec)
                 continue
             if run.status == "failed":
@@ -132,13 +133,6 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                      f" top1 {record.final.top1:.2f}" if record.final else f" ({record.reason})")
     outcome.seconds = time.perf_counter() - started
     return outcome
-
-
-def _teacher_done(run_dir: Path) -> bool:
-    from kdbench.tracking.record import read_record
-
-    record = read_record(run_dir)
-    return record is not None and record.status == "done"
 
 
 def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord]:
