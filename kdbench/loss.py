@@ -64,6 +64,16 @@ class LossContext:
 
 
 @dataclass(frozen=True)
+class PlanFacts:
+    """What plan time knows about one run: batch size, epochs and the tap shapes (no batch dim) of its networks."""
+
+    batch_size: int
+    epochs: int
+    student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Progress:
     """Where training is: epoch counts from 1, step from 0 within the epoch."""
 
@@ -121,6 +131,10 @@ class DistillLoss(nn.Module):
     def needs_for(cls, hparams: dict[str, Any]) -> Needs:
         """The needs of this method with these hyper-parameters (e.g. FitNet's hint stage); default: ``needs``."""
         return cls.needs
+
+    @classmethod
+    def check_plan(cls, hparams: dict[str, Any], facts: PlanFacts) -> None:
+        """Raise ValueError naming the value if these (resolved) hyper-parameters cannot run on this plan."""
 
     @classmethod
     def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import torch
 
 from kdbench.config import ConfigError
 from kdbench.data import SUPPORTED_BATCH_EXTRAS, VIEWS
-from kdbench.loss import METHODS
-from kdbench.models import available_taps, build_model, expand_tap_names
+from kdbench.loss import METHODS, Needs, PlanFacts
+from kdbench.models import available_taps, build_model, expand_tap_names, model_info, tap_shapes
 from kdbench.runspec import RunSpec
 
 
@@ -16,6 +16,7 @@ class _TapCatalog:
 
     def __init__(self) -> None:
         self._models: dict[str, torch.nn.Module] = {}
+        self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
     def model(self, arch: str, kwargs: dict) -> torch.nn.Module:
         key = f"{arch}:{sorted(kwargs.items())}"
@@ -23,6 +24,14 @@ class _TapCatalog:
             with torch.device("meta"):
                 self._models[key] = build_model(arch, 10, **kwargs)
         return self._models[key]
+
+    def shapes(self, arch: str, kwargs: dict, taps: tuple[str, ...],
+               input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Per-sample shapes of ``taps`` for this model on ``input_shape`` inputs (one meta-device forward)."""
+        key = f"{arch}:{sorted(kwargs.items())}:{taps}:{input_shape}"
+        if key not in self._shapes:
+            self._shapes[key] = tap_shapes(self.model(arch, kwargs), taps, input_shape)
+        return self._shapes[key]
 
 
 def check_method_needs(specs: list[RunSpec]) -> None:
@@ -57,3 +66,20 @@ def check_method_needs(specs: list[RunSpec]) -> None:
                 if tap not in have:
                     raise ConfigError(f"{where}: needs the {side} tap '{tap}', which {side} {arch} does not have; "
                                       f"it has: {', '.join(have)}")
+        _check_plan(spec, needs, catalog, where)
+
+
+def _check_plan(spec: RunSpec, needs: Needs, catalog: _TapCatalog, where: str) -> None:
+    """Let the method check its hyper-parameters against batch size, epochs and tap shapes (e.g. TRG's m and k)."""
+    info = model_info(spec.arch, **spec.arch_kwargs)
+    input_shape = (info.in_channels, info.input_size, info.input_size)  # the data is built for the student
+    teacher_shapes = {}
+    if spec.teacher is not None and needs.teacher_taps:
+        teacher_shapes = catalog.shapes(spec.teacher.arch, spec.teacher.arch_kwargs, needs.teacher_taps, input_shape)
+    facts = PlanFacts(batch_size=spec.recipe.batch_size, epochs=spec.recipe.epochs,
+                      student_shapes=catalog.shapes(spec.arch, spec.arch_kwargs, needs.student_taps, input_shape),
+                      teacher_shapes=teacher_shapes)
+    try:
+        METHODS.get(spec.method).check_plan(spec.params, facts)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
