@@ -88,13 +88,15 @@ def train_steps(
     lr: float = 0.01,
     device: str = "cpu",
     teacher_grad: bool = False,
+    teacher_kwargs: dict[str, Any] | None = None,
+    student_kwargs: dict[str, Any] | None = None,
 ) -> HarnessResult:
     """Build teacher and student, the method's loss, and run ``steps`` SGD steps on random data.
 
     ``teacher_grad=True`` runs the teacher with autograd on and its parameters flagged trainable (but not in the
     optimiser), so ``teacher_grads`` shows whether the loss itself lets gradient into the teacher; by default the
     teacher is frozen and run under ``torch.no_grad()`` exactly as the engine does. Every step's progress is
-    ``Progress(epoch, epochs, step, steps)``.
+    ``Progress(epoch, epochs, step, steps)``. ``teacher_kwargs``/``student_kwargs`` go to ``build_model``.
     """
     if steps < 1:
         raise ValueError(f"train_steps needs at least one step, got {steps}")
@@ -108,8 +110,9 @@ def train_steps(
         )
     torch.manual_seed(seed)
     target_device = torch.device(device)
-    teacher = build_model(teacher_arch, num_classes).to(target_device).eval().requires_grad_(teacher_grad)
-    student = build_model(student_arch, num_classes).to(target_device)
+    teacher = build_model(teacher_arch, num_classes, **(teacher_kwargs or {}))
+    teacher = teacher.to(target_device).eval().requires_grad_(teacher_grad)
+    student = build_model(student_arch, num_classes, **(student_kwargs or {})).to(target_device)
 
     generator = torch.Generator().manual_seed(seed)
     num_samples = steps * batch_size
