@@ -1,4 +1,4 @@
-"""The shipped grid files: cifar100.yaml plans cleanly with its per-pair settings; smoke.yaml runs every method."""
+"""The shipped grid files: cifar100.yaml and trg_cifar100_lt.yaml plan cleanly; smoke.yaml runs every method."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("wrn
             ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0}
 
 
-def test_cifar100_grid_plans_with_its_per_pair_settings(tmp_path):
+def _empty_cifar100(tmp_path) -> str:
     folder = tmp_path / "cifar" / "cifar-100-python"
     folder.mkdir(parents=True)
     for name in ("train", "test", "meta"):
         (folder / name).write_bytes(b"")  # plan-time checks look for the files, they do not read them
-    grid = load_grid(REPO / "experiments" / "cifar100.yaml", data_root=str(tmp_path / "cifar"))
+    return str(tmp_path / "cifar")
+
+
+def test_cifar100_grid_plans_with_its_per_pair_settings(tmp_path):
+    grid = load_grid(REPO / "experiments" / "cifar100.yaml", data_root=_empty_cifar100(tmp_path))
     _, planned = plan_grid(grid, tmp_path / "results")
     specs = [run.spec for run in planned]
     pairs = {(p.teacher.arch, p.student.arch) for p in grid.pairs}
@@ -36,6 +40,30 @@ def test_cifar100_grid_plans_with_its_per_pair_settings(tmp_path):
     assert all(t.recipe.lr == 0.05 and t.recipe.epochs == 240 for t in teachers)
 
 
+def test_trg_grid_plans_with_its_ablations(tmp_path):
+    grid = load_grid(REPO / "experiments" / "trg_cifar100_lt.yaml", data_root=_empty_cifar100(tmp_path))
+    _, planned = plan_grid(grid, tmp_path / "results")
+    specs = [run.spec for run in planned]
+    variants = {s.dataset.variant for s in specs}
+    assert len(variants) == 4 and len(grid.pairs) == 2 and grid.seeds == [0, 1, 2, 3, 4]
+    teachers = [s for s in specs if s.stage == "teacher"]
+    students = [s for s in specs if s.stage == "student"]
+    assert len(teachers) == 4 * 2  # one per (dataset, teacher): long-tailed teachers train on their LT set
+    labels = {s.display_method for s in students}
+    ablations = {"trg-no-kd": "kd_weight", "trg-no-inner": "inner_weight", "trg-no-local": "local_weight",
+                 "trg-no-global": "global_weight"}
+    assert labels == {"vanilla", "kd", "dkd", "crd", "rkd", "mlkd", "mlld", "trg", "trg-fixed-tau", *ablations}
+    assert len(students) == 4 * 2 * 5 * (len(labels) - 1) + 4 * 2 * 5  # vanilla once per student arch
+    for spec in students:
+        if spec.method != "trg":
+            continue
+        off = [key for key, value in spec.params.items() if key.endswith("_weight") and value == 0]
+        assert off == ([ablations[spec.label]] if spec.label in ablations else []), spec.describe()
+        fixed = spec.params["tau_global_start"] == spec.params["tau_global_end"]
+        assert fixed == (spec.label == "trg-fixed-tau")
+    assert {s.params["beta"] for s in students if s.method == "dkd" and s.arch == "wrn_16_2"} == {6.0}
+
+
 @pytest.mark.slow
 def test_smoke_grid_runs_every_method(tmp_path):
     grid = load_grid(REPO / "experiments" / "smoke.yaml")
@@ -46,7 +74,7 @@ def test_smoke_grid_runs_every_method(tmp_path):
     records = load_records(tmp_path / "smoke" / "runs")
     assert set(records["status"]) == {"done"} and len(records) == 1 + len(grid.methods)
     extra = {r.label: r.extra_params for r in outcome.ran}
-    for with_heads in ("crd", "rrd", "fitnet", "mlkd"):
+    for with_heads in ("crd", "rrd", "fitnet", "mlkd", "trg"):
         assert extra[with_heads] > 0
     for without in ("vanilla", "kd", "dkd", "at", "rkd", "mlld"):
         assert extra[without] == 0
