@@ -123,7 +123,7 @@ def _cmd_methods(_: argparse.Namespace) -> int:
 def _cmd_models(_: argparse.Namespace) -> int:
     from kdbench.models import model_info, model_names
 
-    for name in model_names():
+    for name in model_names(include_unlisted=True):  # kdbench's models and the ViT presets; any timm:<name> too
         info = model_info(name)
         print(f"{name:<14} {info.family:<12} input {info.in_channels}×{info.input_size}×{info.input_size}  "
               f"{info.description}")

@@ -54,7 +54,8 @@ def test_methods_and_models_listings():
     assert "teacher taps: none" in methods.stdout
     models = _kdbench("models")
     assert models.returncode == 0
-    for name in ("resnet8x4", "resnet32x4", "wrn_40_2", "MobileNetV2", "ShuffleV2", "mlp_1200x2", "cnn_small"):
+    for name in ("resnet8x4", "resnet32x4", "wrn_40_2", "MobileNetV2", "ShuffleV2", "mlp_1200x2", "cnn_small",
+                 "vit_cifar_tiny"):
         assert name in models.stdout
 
 
