@@ -121,7 +121,7 @@ def plot_per_class(per_class: pd.DataFrame, colors: dict[str, str], title: str) 
     counts = per_class.drop_duplicates("class").set_index("class")["train_count"]
     order = sorted(counts.index, key=lambda c: (-counts[c], c))
     position = {c: i for i, c in enumerate(order)}
-    fig = _new_figure(max(7.0, 3.5 + 0.12 * len(order)), 4.2)
+    fig = _new_figure(min(11.0, max(7.0, 3.5 + 0.12 * len(order))), 4.2)
     ax = fig.add_subplot()
     counts_ax = ax.twinx()
     counts_ax.bar(range(len(order)), [counts[c] for c in order], color=COUNT_COLOR, width=0.85, label="train count")
@@ -180,7 +180,7 @@ def plot_groups(groups: pd.DataFrame, colors: dict[str, str], title: str, rule: 
     ax.set_ylabel("group accuracy (%), mean of per-class")
     ax.set_xlabel("class group by training count")
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title(f"{title}\nmany / medium / few ({rule}); bars: mean ± sample std over seeds", fontsize="medium")
+    ax.set_title(f"{title}\nmany / medium / few, bars: mean ± sample std over seeds\n{rule}", fontsize="medium")
     _legend_outside(fig, [ax], groups["method"])
     return fig
 
