@@ -91,7 +91,9 @@ def grid_plots(frames: ReportFrames, rule: GroupRule = RULES["default"],
     placement = students[["run_id", "pair", "method", "dataset"]].drop_duplicates()
     per_class = _placed(frames.per_class, placement)
     curves = _placed(frames.curves, placement)
-    for (dataset, pair), _ in students.groupby(["dataset", "pair"], sort=False):
+    cells = students[["dataset", "pair"]].drop_duplicates()
+    ordered = sorted(zip(cells["dataset"], cells["pair"], strict=True), key=lambda c: (datasets.index(c[0]), c[1]))
+    for dataset, pair in ordered:
         title = f"{grid}: {pair}, {dataset}"
         classes = per_class[(per_class["dataset"] == dataset) & (per_class["pair"] == pair)]
         if not classes.empty and classes["train_count"].notna().all():
