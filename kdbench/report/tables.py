@@ -169,8 +169,11 @@ def _add_published(stats: pd.DataFrame, runs: pd.DataFrame, keys: list[str], not
     if not set(info_columns).isdisjoint(keys):
         info_columns = [c for c in info_columns if c not in keys]
     info = runs.groupby(keys, dropna=False)[info_columns].first().reset_index()
-    info["teacher_arch"] = np.where(info["method"] == TEACHER_LABEL, info["pair"].str.split("->").str[0],
-                                    info["teacher_arch"]) if "pair" in info else info["teacher_arch"]
+    if "pair" in info:  # a table pair 'teacher->student' names both (vanilla and teacher rows included)
+        parts = info["pair"].str.split("->", n=1)
+        taught = parts.str.len() == 2
+        info["teacher_arch"] = np.where(taught, parts.str[0], info["teacher_arch"])
+        info["arch"] = np.where(taught, parts.str[-1], info["arch"])
     info = _published_for(info)
     balanced = info["lt_profile"] == "balanced"
     for column in ("published_top1", "published_protocol", "published_source"):
