@@ -1,4 +1,4 @@
-"""The report from an MLflow store (real sqlite store, filled by kdbench's MlflowSink) equals the report from records."""
+"""The report from a real sqlite MLflow store (filled by kdbench's MlflowSink) equals the report from records."""
 
 from __future__ import annotations
 
@@ -51,20 +51,23 @@ def store(tmp_path_factory):
     return root, uri, records
 
 
-def test_frames_from_mlflow_equal_frames_from_records(store):
-    _, uri, records = store
-    from_records, from_mlflow = frames_from_records(records), frames_from_mlflow(uri, "g")
+@pytest.fixture(scope="module")
+def mlflow_frames(store):
+    return frames_from_mlflow(store[1], "g")
+
+
+def test_frames_from_mlflow_equal_frames_from_records(store, mlflow_frames):
+    from_records, from_mlflow = frames_from_records(store[2]), mlflow_frames
     assert from_mlflow.grid == from_records.grid == "g"
     for name in ("runs", "per_class", "curves"):
         pd.testing.assert_frame_equal(getattr(from_mlflow, name), getattr(from_records, name), check_like=False)
     assert len(from_records.runs) == 11 and (from_records.runs["status"] == "failed").sum() == 1
 
 
-def test_tables_from_mlflow_equal_tables_from_records(store):
-    _, uri, records = store
+def test_tables_from_mlflow_equal_tables_from_records(store, mlflow_frames):
     for rule in RULES.values():
-        a = build_tables(frames_from_records(records), rule)
-        b = build_tables(frames_from_mlflow(uri, "g"), rule)
+        a = build_tables(frames_from_records(store[2]), rule)
+        b = build_tables(mlflow_frames, rule)
         assert [t.name for t in a.tables] == ["main", "per_class", "head_tail", "cost"]
         for left, right in zip(a.tables, b.tables, strict=True):
             pd.testing.assert_frame_equal(left.data, right.data)
