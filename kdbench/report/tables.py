@@ -199,7 +199,7 @@ def per_class_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GR
         raise ReportError("no per-class counts in the finished runs' records; the per-class table needs them")
     counts = per_class.groupby([*cell, "class"], dropna=False)["train_count"].first().rename("train_count")
     data = per_class.groupby([*cell, "class", "method"], dropna=False)["accuracy"].agg(
-        accuracy="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
+        accuracy="mean", std="std", n="count").reset_index()
     data = data.merge(counts.reset_index(), on=[*cell, "class"], how="left")
     data = data[[*cell, "class", "train_count", "method", "accuracy", "std", "n"]]
     wide = data.pivot(index=[*cell, "class", "train_count"], columns="method", values="accuracy").reset_index()
@@ -283,7 +283,7 @@ def cost_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
     grouped = students.groupby(keys, dropna=False)
     data = grouped.agg(extra_params=("extra_params", "max"), student_params=("student_params", "max"),
                        seconds_per_epoch=("seconds_per_epoch", "mean"),
-                       seconds_per_epoch_std=("seconds_per_epoch", lambda s: s.std(ddof=1)),
+                       seconds_per_epoch_std=("seconds_per_epoch", "std"),
                        images_per_s=("images_per_s", "mean"), peak_memory_mb=("peak_memory_mb", "max"),
                        n=("run_id", "count")).reset_index()
     data = _sorted(data, keys)
