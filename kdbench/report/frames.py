@@ -180,13 +180,34 @@ def _typed_per_class(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["run_id", "class"], ignore_index=True)
 
 
-def curves_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows of (KEY_COLUMNS, epoch, lr, test_top1, ..., train_<term>...) → the curves frame, terms sorted."""
-    terms = sorted({key for row in rows for key in row if key.startswith("train_")})
-    frame = pd.DataFrame(rows, columns=[*CURVE_BASE_COLUMNS, *terms])
+def curves_frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (or a frame) of (KEY_COLUMNS, epoch, lr, test_top1, ..., train_<term>...) → the curves frame."""
+    if isinstance(rows, pd.DataFrame):
+        terms = sorted(c for c in rows.columns if c.startswith("train_"))
+        frame = rows[[*CURVE_BASE_COLUMNS, *terms]].copy()
+    else:
+        terms = sorted({key for row in rows for key in row if key.startswith("train_")})
+        frame = pd.DataFrame(rows, columns=[*CURVE_BASE_COLUMNS, *terms])
     frame = frame.astype({"epoch": "int64", **{c: float for c in CURVE_BASE_COLUMNS[8:]}, **{t: float for t in terms}})
     frame["seed"] = frame["seed"].astype("Int64")
     return frame.sort_values(["run_id", "epoch"], ignore_index=True)
+
+
+def _curves_from_records(records: list[RunRecord]) -> pd.DataFrame:
+    """The curves frame, built column by column (no per-epoch dicts: grids have millions of epoch rows)."""
+    epochs = [entry for record in records for entry in record.history]
+    lengths = np.array([len(record.history) for record in records], dtype=int)
+    keys = pd.DataFrame([{"run_id": r.run_id, "grid": r.grid, "stage": r.stage, "method": r.label, "pair": r.pair,
+                          "dataset": r.dataset, "seed": r.seed} for r in records], columns=KEY_COLUMNS)
+    frame = keys.loc[keys.index.repeat(lengths)].reset_index(drop=True)
+    frame["epoch"] = np.array([e.epoch for e in epochs], dtype=np.int64)
+    for column in ("lr", "test_top1", "test_top5", "seconds", "images_per_s"):
+        frame[column] = np.array([getattr(e, column) for e in epochs], dtype=float)
+    frame["val_top1"] = np.array([e.val_top1 if e.val_top1 is not None else np.nan for e in epochs], dtype=float)
+    terms = sorted({term for e in epochs for term in e.train})
+    for term in terms:
+        frame[f"train_{term}"] = np.array([e.train.get(term, np.nan) for e in epochs], dtype=float)
+    return curves_frame(frame)
 
 
 def check_one_grid(grids: pd.Series) -> str:
@@ -212,15 +233,5 @@ def frames_from_records(records: Iterable[RunRecord]) -> ReportFrames:
     per_class = per_class_frame(keys, [record.class_counts for record in done],
                                 [record.final.per_class_correct for record in done],
                                 [record.final.per_class_total for record in done])
-    curve_rows = []
-    for record in records:
-        base = {"run_id": record.run_id, "grid": record.grid, "stage": record.stage, "method": record.label,
-                "pair": record.pair, "dataset": record.dataset, "seed": record.seed}
-        for entry in record.history:
-            curve_rows.append({**base, "epoch": entry.epoch, "lr": entry.lr, "test_top1": entry.test_top1,
-                               "test_top5": entry.test_top5,
-                               "val_top1": entry.val_top1 if entry.val_top1 is not None else np.nan,
-                               "seconds": entry.seconds, "images_per_s": entry.images_per_s,
-                               **{f"train_{k}": v for k, v in entry.train.items()}})
-    curves = curves_frame(curve_rows)
+    curves = _curves_from_records(records)
     return ReportFrames(grid=grid, runs=with_epoch_totals(runs, curves), per_class=per_class, curves=curves)
