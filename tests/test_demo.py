@@ -48,6 +48,8 @@ def test_demo_grid_end_to_end(tmp_path):
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     for title in ("Final-epoch top-1", "Per-class accuracy", "Many / medium / few", "Cost per method"):
         assert title in report.stdout
-    assert "group rule 'default'" in report.stdout and "dataset 'digits' is balanced" not in report.stdout
+    # digits keeps ~120 images per class (one group, left out); its exp rho=10 subset (116 .. 11) splits 1/6/3
+    assert "group rule 'default'" in report.stdout and "dataset 'digits' is balanced" in report.stdout
+    assert "| 1/6/3 " in report.stdout
     written = {p.name for p in (results / "demo" / "report").iterdir()}
     assert {"main.csv", "main.tex", "head_tail.csv", "per_class.csv", "cost.csv", "report.md"} <= written
