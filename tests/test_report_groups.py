@@ -81,6 +81,9 @@ def test_cli_report_writes_every_format(tmp_path, capsys):
     assert written == sorted([f"{t}.{e}" for t in tables for e in ("csv", "md", "tex")] + ["report.md"])
     assert main(["report", str(runs), "--filter", "method=kd", "--format", "csv", "--out", str(tmp_path / "o")]) == 0
     assert pd.read_csv(tmp_path / "o" / "main.csv")["method"].tolist() == ["kd"]
+    for group_by in ("method,imbalance_ratio", "dataset,method", "pair,method"):  # pooled cells still build
+        assert main(["report", str(runs), "--group-by", group_by, "--format", "csv", "--out", str(tmp_path / "p")]) == 0
+        assert pd.read_csv(tmp_path / "p" / "head_tail.csv")["groups"].str.contains("35/35/30").all()
 
 
 @pytest.mark.parametrize(("records", "args", "message"), [

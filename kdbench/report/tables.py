@@ -223,7 +223,7 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
     """
     runs = table_runs(frames)
     keys = _check_group_by(group_by, runs)
-    placement = runs[["run_id", "lt_profile", *keys]].drop_duplicates()
+    placement = runs[["run_id", "lt_profile", *dict.fromkeys([*keys, "dataset"])]].drop_duplicates()
     per_class = frames.per_class[["run_id", "class", "train_count", "accuracy"]].merge(placement, on="run_id")
     notes = [rule.describe(), "group accuracy = mean of the per-class accuracies (%) in the group, per run, then "
              "mean ± std over seeds; worst = lowest per-class accuracy; gap = many − few"]
@@ -252,7 +252,7 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
     per_run = per_run.reindex(columns=list(GROUPS))
     per_run["worst"] = per_class.groupby("run_id")["accuracy"].min()
     per_run["gap"] = per_run["many"] - per_run["few"]
-    per_run = placement.drop(columns="lt_profile").merge(per_run.reset_index(), on="run_id", how="inner")
+    per_run = placement[["run_id", *keys]].merge(per_run.reset_index(), on="run_id", how="inner")
     data = None
     for metric in [*GROUPS, "worst", "gap"]:
         described = describe(per_run, keys, metric)[[*keys, "mean", "std", "n"]]
@@ -260,7 +260,10 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
         data = described if data is None else data.merge(described, on=keys, how="outer")
     data["n"] = per_run.groupby(keys, dropna=False)["run_id"].count().reindex(
         pd.MultiIndex.from_frame(data[keys])).to_numpy()
-    data["groups"] = data["dataset"].map(sizes_text) if "dataset" in data else ""
+    if "dataset" in data:
+        data["groups"] = data["dataset"].map(sizes_text)
+    else:  # datasets pooled by --group-by: list each one's split
+        data["groups"] = "; ".join(f"{name}: {text}" for name, text in sizes_text.items())
     data = _sorted(data.drop(columns=[f"{m}_n" for m in [*GROUPS, "worst", "gap"]]), keys)
     display = data[keys].copy()
     display["classes many/med/few"] = data["groups"]
