@@ -110,16 +110,6 @@ def _check_group_by(group_by: tuple[str, ...], runs: pd.DataFrame) -> list[str]:
     return list(group_by)
 
 
-def _published_for(rows: pd.DataFrame) -> pd.DataFrame:
-    """Published top-1, protocol and source for each (dataset_name, teacher_arch, arch, method) of balanced rows."""
-    reference = published_numbers().rename(columns={"dataset": "dataset_name", "teacher": "teacher_arch",
-                                                    "student": "arch", "top1": "published_top1",
-                                                    "protocol": "published_protocol", "source": "published_source"})
-    reference = reference.drop_duplicates(["dataset_name", "teacher_arch", "arch", "method"])
-    keys = ["dataset_name", "teacher_arch", "arch", "method"]
-    return rows.merge(reference, on=keys, how="left")
-
-
 def main_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Table:
     """Final-epoch top-1 per cell: mean ± std, 95% t-interval, n; best-on-validation; Δ vs kd / vanilla; published."""
     runs = table_runs(frames)
@@ -164,22 +154,25 @@ def main_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
 
 
 def _add_published(stats: pd.DataFrame, runs: pd.DataFrame, keys: list[str], notes: list[str]) -> pd.DataFrame:
-    """Published top-1 beside balanced-dataset rows whose (dataset, teacher, student, method) are in the reference."""
-    info_columns = ["dataset_name", "teacher_arch", "arch", "lt_profile"]
-    if not set(info_columns).isdisjoint(keys):
-        info_columns = [c for c in info_columns if c not in keys]
-    info = runs.groupby(keys, dropna=False)[info_columns].first().reset_index()
-    if "pair" in info:  # a table pair 'teacher->student' names both (vanilla and teacher rows included)
-        parts = info["pair"].str.split("->", n=1)
-        taught = parts.str.len() == 2
-        info["teacher_arch"] = np.where(taught, parts.str[0], info["teacher_arch"])
-        info["arch"] = np.where(taught, parts.str[-1], info["arch"])
-    info = _published_for(info)
-    balanced = info["lt_profile"] == "balanced"
-    for column in ("published_top1", "published_protocol", "published_source"):
-        info[column] = info[column].where(balanced, None if column != "published_top1" else np.nan)
-    stats = stats.merge(info[[*keys, "published_top1", "published_protocol", "published_source"]], on=keys,
-                        how="left")
+    """Published top-1, protocol and source beside rows of a balanced dataset whose (dataset, teacher, student,
+    method) is in the reference; only when the cells are single (dataset, pair)s, not pooled by --group-by."""
+    columns = ["published_top1", "published_protocol", "published_source"]
+    if not {"dataset", "pair", "method"} <= set(keys):
+        stats[columns[0]], stats[columns[1]], stats[columns[2]] = np.nan, None, None
+        return stats
+    info = runs.groupby(keys, dropna=False).agg(_dataset=("dataset_name", "first"),
+                                                _balanced=("lt_profile", lambda s: bool((s == "balanced").all())))
+    info = info.reset_index()
+    parts = info["pair"].str.split("->", n=1)  # the table pair names teacher and student (vanilla, teacher rows too)
+    info["_teacher"] = np.where(parts.str.len() == 2, parts.str[0], None)
+    info["_student"] = parts.str[-1]
+    reference = published_numbers().rename(columns={
+        "dataset": "_dataset", "teacher": "_teacher", "student": "_student", "top1": "published_top1",
+        "protocol": "published_protocol", "source": "published_source"})
+    reference = reference.drop_duplicates(["_dataset", "_teacher", "_student", "method"])
+    info = info.merge(reference, on=["_dataset", "_teacher", "_student", "method"], how="left")
+    info.loc[~info["_balanced"], columns] = None
+    stats = stats.merge(info[[*keys, *columns]], on=keys, how="left")
     stats["published_top1"] = stats["published_top1"].astype(float)
     sources = sorted(set(stats["published_source"].dropna()))
     if sources:
