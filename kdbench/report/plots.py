@@ -2,7 +2,8 @@
 
 The functions never read records and never compute statistics; :mod:`kdbench.report.figures` feeds them the
 frames and statistics the report builds. Every figure colours a method the same way (:func:`method_colors`),
-so a reader can carry a colour from one plot to the next.
+so a reader can carry a colour from one plot to the next. Figures are plain ``matplotlib.figure.Figure`` objects,
+not pyplot ones: no window, no global state, the Agg renderer for PNG on any machine (servers, CI, Slurm nodes).
 """
 
 from __future__ import annotations
@@ -10,14 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window (servers, CI, Slurm nodes)
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 #: Baselines keep one colour in every grid: vanilla grey, kd black.
 FIXED_COLORS = {"vanilla": "#7f7f7f", "kd": "#000000"}
@@ -46,7 +43,7 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return [m for m in FIXED_COLORS if m in names] + sorted(names - set(FIXED_COLORS))
 
 
-def _legend_outside(fig: Figure, axes: Iterable[plt.Axes], methods: Iterable[str], title: str = "method") -> None:
+def _legend_outside(fig: Figure, axes: Iterable[Axes], methods: Iterable[str], title: str = "method") -> None:
     """One figure legend right of the plots, where it cannot cover data: methods in legend order, then the rest."""
     seen: dict[str, object] = {}
     for ax in axes:
@@ -60,11 +57,11 @@ def _legend_outside(fig: Figure, axes: Iterable[plt.Axes], methods: Iterable[str
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    # Figure() directly (not plt.figure): no global pyplot state, so thousands of figures do not pile up.
+    # Figure() directly (not pyplot): nothing registered globally, so thousands of figures do not pile up.
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _percent_limits(ax: plt.Axes, low: float, high: float) -> None:
+def _percent_limits(ax: Axes, low: float, high: float) -> None:
     """Y limits around [low, high] with a margin, clipped to 0-100 %."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return

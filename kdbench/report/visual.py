@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdbench.report.build import Report, apply_filters, parse_filters, resolve_source
+from kdbench.report.errors import ReportError
 from kdbench.report.figures import FORMATS, SavedPlot, grid_colors, write_plots
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GroupRule, group_rule
@@ -16,8 +17,6 @@ PLOTS_DIR = "plots"
 
 def parse_plot_formats(text: str) -> tuple[str, ...]:
     """'png,pdf' → ('png', 'pdf'); ReportError naming the allowed formats otherwise."""
-    from kdbench.report.errors import ReportError
-
     formats = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     unknown = [f for f in formats if f not in FORMATS]
     if not formats or unknown:
@@ -37,8 +36,6 @@ def run_plots(args) -> list[SavedPlot]:
 
 
 def _require_finished(frames: ReportFrames) -> None:
-    from kdbench.report.errors import ReportError
-
     done = frames.finished()
     if done[done["stage"] == "student"].empty:
         failed = int((frames.runs["status"] == "failed").sum())
