@@ -80,7 +80,7 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
     pairs = list(dict.fromkeys(cells["pair"]))
     methods = method_order(cells["method"])
     width = 0.8 / max(1, len(methods))
-    fig = _new_figure(max(6.0, 1.0 + 0.35 * len(pairs) * len(methods) ** 0.5 + 2.5), 4.2)
+    fig = _new_figure(min(16.0, max(6.0, 3.5 + 0.35 * len(pairs) * len(methods) ** 0.5)), 4.2)
     ax = fig.add_subplot()
     indexed = cells.set_index(["pair", "method"])
     for k, method in enumerate(methods):
