@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 #: Baselines keep one colour in every grid: vanilla grey, kd black.
 FIXED_COLORS = {"vanilla": "#7f7f7f", "kd": "#000000"}
@@ -27,6 +28,8 @@ COUNT_COLOR = "#d9d9d9"
 TEACHER_COLOR = "#8c564b"
 #: PROTOCOL.md: fewer seeds than this are flagged.
 MIN_SEEDS = 3
+#: Group bars carry their value as text when there are at most this many methods.
+VALUE_LABELS_UP_TO = 6
 
 
 def method_colors(methods: Iterable[str]) -> dict[str, str]:
@@ -175,16 +178,20 @@ def plot_groups(groups: pd.DataFrame, colors: dict[str, str], title: str, rule: 
         xs = np.arange(len(present)) - 0.4 + width * (k + 0.5)
         ax.bar(xs, means, width=width * 0.95, yerr=stds, color=colors[method], label=method, capsize=2,
                error_kw={"elinewidth": 1})
+        if len(methods) <= VALUE_LABELS_UP_TO:  # the numbers themselves, above the error bar (0 % is no bar)
+            for x, mean, std, row in zip(xs, means, stds, rows, strict=True):
+                if row is not None and pd.notna(row["mean"]):
+                    ax.text(x, mean + std + 1.0, f"{mean:.1f}", ha="center", va="bottom", fontsize="x-small")
     n_classes = groups.drop_duplicates("group").set_index("group")["n_classes"]
     labels = []
     for g in present:
         count = int(n_classes[g]) if pd.notna(n_classes[g]) else 0
-        labels.append(f"{g}\n({count} classes)" if count else f"{g}\n(empty)")
+        labels.append(f"{g}\n({count} class{'es' if count > 1 else ''})" if count else f"{g}\n(empty)")
         if not count:
             ax.text(present.index(g), 2, "no classes\nin group", ha="center", va="bottom", fontsize="small",
                     color="#666666")
     ax.set_xticks(range(len(present)), labels)
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 108)
     ax.set_ylabel("group accuracy (%), mean of per-class")
     ax.set_xlabel("class group by training count")
     ax.grid(axis="y", alpha=0.3)
@@ -239,6 +246,7 @@ def plot_training_curves(history: pd.DataFrame, colors: dict[str, str], title: s
             rows = data[data["method"] == method].sort_values("epoch")
             ax.plot(rows["epoch"], rows["value"], color=colors[method], label=method, linewidth=1.5)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if term == "test_top1":
             ax.set_ylabel("test top-1 (%)")
             ax.set_title("test accuracy", fontsize="medium")
