@@ -53,7 +53,7 @@ def main() -> None:
         plots = write_plots(frames, out / "plots", rule, formats=formats)
         timings[f"plots ({len(plots)} x {'+'.join(formats)})"] = time.perf_counter() - started
         started = time.perf_counter()
-        page = write_html_report(report, frames, out, rule, plots=plots)[-1]
+        page = write_html_report(report, frames, out, rule, plots=plots)[0]
         timings["HTML page"] = time.perf_counter() - started
         by_kind: dict[str, int] = {}
         for plot in plots:

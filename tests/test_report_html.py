@@ -40,7 +40,7 @@ def html_report(tmp_path_factory):
     report = build_tables(frames, rule)
     plots = write_plots(frames, out / "plots", rule, formats=("png",))
     written = write_html_report(report, frames, out, rule, plots=plots)
-    return written[-1], report, plots
+    return written[0], report, plots
 
 
 def dump_dom(page: Path, tmp_path: Path) -> tuple[str, str]:
@@ -128,7 +128,7 @@ def test_report_format_html_writes_the_page_and_the_plots(grid_dir, tmp_path, ca
     assert page.count('src="data:image/png;base64,') == 3 and page.count("<table") == 3  # balanced: no head/tail
     assert "skipped: head/medium/tail table: every dataset of this report is balanced" in html.unescape(page)
     assert not list(tmp_path.glob("*.csv")), "--format html writes no CSV tables"
-    assert "wrote 7 files" in capsys.readouterr().out
+    assert f"wrote 7 files under {tmp_path}" in capsys.readouterr().out
 
 
 def test_plot_command_filters_and_keeps_the_grid_colours(grid_dir, tmp_path, capsys):

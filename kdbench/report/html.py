@@ -21,6 +21,7 @@ from kdbench.report.figures import KINDS, SavedPlot
 from kdbench.tracking.atomic import atomic_write
 
 REPORT_NAME = "report.html"
+_NUMBER_LIKE = re.compile(r"[\s\d.,+\-−±†—\[\]()/%pn=]*")
 _KIND_HEADINGS = {"top1": "Top-1 with confidence intervals", "rho": "Accuracy against imbalance ratio ρ",
                   "groups": "Many / medium / few accuracy", "per_class": "Per-class accuracy against class frequency",
                   "curves": "Training curves"}
@@ -30,9 +31,9 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1.05em; }
 table.kdbench { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
-table.kdbench th, table.kdbench td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+table.kdbench th, table.kdbench td { border: 1px solid #ddd; padding: 3px 8px; }
 table.kdbench th { background: #f3f3f3; } table.kdbench tbody tr:nth-child(even) { background: #fafafa; }
-table.kdbench td:first-child, table.kdbench th:first-child { text-align: left; }
+table.kdbench .num { text-align: right; white-space: nowrap; } table.kdbench .text { text-align: left; }
 .scroll { overflow-x: auto; } .note { color: #555; font-size: 0.9em; white-space: pre-wrap; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } nav ul { columns: 2; }
@@ -68,9 +69,27 @@ def anchor(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
+def _is_numeric_column(column: pd.Series) -> bool:
+    """Numbers, or formatted numbers ('57.60 ± 9.10 †', '[34.98, 80.21]', '+8.12 (p=0.008, n=3)', '1/6/3')."""
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    cells = [str(v) for v in column if v is not None and str(v) not in ("", "—", "nan", "<NA>")]
+    return bool(cells) and all(_NUMBER_LIKE.fullmatch(cell) for cell in cells)
+
+
+def _cell_html(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return "—"
+    return html.escape(f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
 def _table_html(table: HtmlTable, ident: str) -> str:
-    body = table.frame.to_html(index=False, classes="kdbench", border=0, na_rep="—", escape=True,
-                               float_format=lambda v: f"{v:.2f}")
+    frame = table.frame
+    align = ['class="num"' if _is_numeric_column(frame[c]) else 'class="text"' for c in frame.columns]
+    head = "".join(f"<th {a}>{html.escape(str(c))}</th>" for c, a in zip(frame.columns, align, strict=True))
+    rows = "\n".join("<tr>" + "".join(f"<td {a}>{_cell_html(v)}</td>" for v, a in zip(row, align, strict=True))
+                     + "</tr>" for row in frame.itertuples(index=False))
+    body = f'<table class="kdbench">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>'
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
     return f'<h2 id="{ident}">{html.escape(table.title)}</h2>\n{note}\n<div class="scroll">{body}</div>'
 

@@ -50,9 +50,9 @@ def html_tables(report: Report) -> list[HtmlTable]:
 def write_html_report(report: Report, frames: ReportFrames, out_dir: str | Path, rule: GroupRule,
                       colors: dict[str, str] | None = None, plots: Sequence[SavedPlot] | None = None) -> list[Path]:
     """Draw every plot (PNG and PDF under ``out_dir``/plots) unless given, then write ``out_dir``/report.html
-    with all tables and the plots embedded; returns every file written."""
+    with all tables and the plots embedded; returns every file written, the page first."""
     if plots is None:
         plots = write_plots(frames, Path(out_dir) / PLOTS_DIR, rule, colors)
     intro = "\n".join(f"skipped: {reason}" for reason in report.skipped)
     page = write_html(Path(out_dir) / REPORT_NAME, report.grid, html_tables(report), plots, intro)
-    return [*(path for plot in plots for path in plot.paths.values()), page]
+    return [page, *(path for plot in plots for path in plot.paths.values())]
