@@ -224,3 +224,14 @@ def test_slug_makes_file_names():
     assert slug("per_class", "cifar100-lt-exp-100", "resnet32x4->resnet8x4") == \
         "per_class_cifar100-lt-exp-100_resnet32x4_to_resnet8x4"
     assert slug("top1", "a b/c") == "top1_a_b_c"
+
+
+def test_top1_plot_draws_the_teacher_of_each_known_pair_only():
+    cells = _cells()
+    teachers = pd.Series({"resnet56->resnet20": 75.0, "elsewhere": 90.0})
+    ax = plot_top1_ci(cells, COLORS, "t", teachers).axes[0]
+    (lines,) = [c for c in ax.collections if c.get_label() == "teacher"]
+    (segment,) = lines.get_segments()
+    assert segment[0][1] == segment[1][1] == 75.0 and segment[0][0] < 0 < segment[1][0]  # across the first pair
+    unknown = plot_top1_ci(cells, COLORS, "t", pd.Series({"elsewhere": 90.0}))
+    assert "teacher" not in _legend_labels(unknown)

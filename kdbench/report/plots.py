@@ -102,8 +102,9 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
         if any(few):  # hollow marker over the filled one: too few seeds to trust the interval
             ax.scatter(np.array(xs)[few], np.array(ys)[few], s=22, facecolors="white", edgecolors=colors[method],
                        zorder=3, label="_nolegend_")
-    if teacher_top1 is not None and not teacher_top1.empty:
-        known = [(i, float(teacher_top1[pair])) for i, pair in enumerate(pairs) if pair in teacher_top1.index]
+    known = [] if teacher_top1 is None else [(i, float(teacher_top1[pair])) for i, pair in enumerate(pairs)
+                                             if pair in teacher_top1.index]
+    if known:
         ax.hlines([y for _, y in known], [i - 0.45 for i, _ in known], [i + 0.45 for i, _ in known],
                   colors=TEACHER_COLOR, linestyles="dashed", linewidth=1.2, label="teacher")
         extra = [y for _, y in known]
@@ -117,7 +118,7 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
     highs = cells["ci_high"].fillna(cells["mean"])
     _percent_limits(ax, min([float(lows.min()), *extra]), max([float(highs.max()), *extra]))
     ax.grid(axis="y", alpha=0.3)
-    flag = "; hollow marker: n < 3 seeds" if (cells["n"] < MIN_SEEDS).any() else ""
+    flag = "\nhollow marker: n < 3 seeds" if (cells["n"] < MIN_SEEDS).any() else ""
     ax.set_title(f"{title}\nmean over seeds with 95% t-interval{flag}", fontsize="medium")
     _legend_outside(fig, [ax], cells["method"])
     return fig
