@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/kdbench run experiments/demo.yaml
+	$(BIN)/kdbench report experiments/demo.yaml --format all
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -19,6 +19,25 @@ def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", metavar="PATH", help="dataset root for every dataset of the grid")
 
 
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="grid file (YAML), results/<grid> folder, or runs folder (with --from-mlflow: "
+                                     "also a grid name)")
+    parser.add_argument("grid_b", nargs="?", metavar="GRID_B", help="a second grid, put side by side with the first")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: the grid's `output`, 'results')")
+    parser.add_argument("--data-root", metavar="PATH", help="dataset root for every dataset of the grid")
+    parser.add_argument("--from-mlflow", metavar="URI", help="build the tables from this MLflow store alone")
+    parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the grid's)")
+    parser.add_argument("--format", default="terminal", choices=["terminal", "csv", "latex", "all"],
+                        help="terminal (markdown, also saved as .md), csv, latex (booktabs) or all")
+    parser.add_argument("--group-rule", default="default", choices=["default", "oltr"],
+                        help="many/medium/few: default many>100, few<20 (Decoupling); oltr many>=100, few<=20")
+    parser.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                        help="keep runs whose column KEY equals VALUE (repeatable; a repeated KEY means any value)")
+    parser.add_argument("--group-by", metavar="COLS", default="dataset,pair,method",
+                        help="comma-separated cell columns of every table (default dataset,pair,method)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `kdbench` command."""
     parser = argparse.ArgumentParser(prog="kdbench", description="Knowledge-distillation benchmark harness.")
@@ -31,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     status = commands.add_parser("status", help="done / failed / interrupted / new runs per stage")
     _add_grid_arguments(status)
-    report = commands.add_parser("report", help="final-epoch top-1 mean ± std per dataset, pair and method")
-    _add_grid_arguments(report)
+    report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
+    _add_report_arguments(report)
     commands.add_parser("methods", help="list the registered methods with their needs and paper")
     commands.add_parser("models", help="list the registered models")
     return parser
@@ -98,13 +117,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.grid import grid_paths
+    from kdbench.report.build import run_report
 
-    grid = load_grid(args.grid, data_root=args.data_root)
-    paths = grid_paths(grid, args.results)
-    if not paths.runs_root.is_dir():
-        raise ConfigError(f"{args.grid}: no results for grid '{grid.name}' under {paths.grid_dir}; run it first")
-    _print_report(paths.runs_root)
+    report = run_report(args)
+    if args.format in ("terminal", "all"):
+        print(report.text())
+    print(f"\nwrote {len(report.written)} files under {report.written[0].parent}" if report.written else "")
     return EXIT_OK
 
 

@@ -1,0 +1,226 @@
+"""`kdbench report`: find the runs (records or MLflow), filter, combine two grids, build and write every table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdbench.report.errors import ReportError
+from kdbench.report.frames import ReportFrames, load_frames
+from kdbench.report.groups import GroupRule
+from kdbench.report.render import FORMATS, markdown, write_table
+from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
+from kdbench.tracking.record import RECORD_NAME
+
+
+@dataclass(frozen=True)
+class ReportSource:
+    """Where one grid's runs are: a runs folder of records, or an MLflow store and experiment."""
+
+    name: str
+    grid_dir: Path
+    runs_root: Path | None = None
+    mlflow: tuple[str, str] | None = None
+
+    def load(self) -> ReportFrames:
+        """The grid's frames; ReportError when there are no runs."""
+        if self.mlflow is not None:
+            from kdbench.report.mlflow_frames import frames_from_mlflow
+
+            return frames_from_mlflow(*self.mlflow)
+        assert self.runs_root is not None
+        return load_frames(self.runs_root)
+
+
+def resolve_source(target: str, results: str | None = None, data_root: str | None = None,
+                   from_mlflow: str | None = None, experiment: str | None = None) -> ReportSource:
+    """A grid YAML file, a results/<grid> folder or a runs folder; with ``from_mlflow`` also a bare grid name."""
+    path = Path(target)
+    if path.is_file():
+        from kdbench.config import load_grid
+        from kdbench.grid import grid_paths, tracking_target
+
+        grid = load_grid(path, data_root=data_root)
+        paths = grid_paths(grid, results)
+        if from_mlflow is not None:
+            default_experiment = (tracking_target(grid, paths) or (None, grid.name))[1]
+            return ReportSource(grid.name, paths.grid_dir, mlflow=(from_mlflow, experiment or default_experiment))
+        if not paths.runs_root.is_dir():
+            raise ReportError(f"{target}: no results for grid '{grid.name}' under {paths.grid_dir}; run it first")
+        return ReportSource(grid.name, paths.grid_dir, runs_root=paths.runs_root)
+    if path.is_dir() and (path / "runs").is_dir():
+        return _dir_source(path.resolve(), path.resolve() / "runs", from_mlflow, experiment)
+    if path.is_dir() and any(path.glob(f"*/{RECORD_NAME}")):
+        return _dir_source(path.resolve().parent, path.resolve(), from_mlflow, experiment)
+    if from_mlflow is not None:
+        return ReportSource(target, Path(results or "results").resolve() / target,
+                            mlflow=(from_mlflow, experiment or target))
+    raise ReportError(f"'{target}' is neither a grid file, nor a results/<grid> folder, nor a runs folder with "
+                      f"{RECORD_NAME} files (with --from-mlflow it may be a grid name)")
+
+
+def _dir_source(grid_dir: Path, runs_root: Path, from_mlflow: str | None, experiment: str | None) -> ReportSource:
+    name = grid_dir.name
+    if from_mlflow is not None:
+        return ReportSource(name, grid_dir, mlflow=(from_mlflow, experiment or name))
+    return ReportSource(name, grid_dir, runs_root=runs_root)
+
+
+def parse_filters(items: list[str] | None) -> dict[str, list[str]]:
+    """KEY=VALUE strings → {key: [values]} (a repeated key means any of its values)."""
+    filters: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ReportError(f"--filter '{item}': expected KEY=VALUE, e.g. dataset=cifar100 or method=kd")
+        filters.setdefault(key.strip(), []).append(value.strip())
+    return filters
+
+
+def _matches(column: pd.Series, key: str, values: list[str]) -> pd.Series:
+    if pd.api.types.is_bool_dtype(column):
+        wanted = {v.lower() in ("1", "true", "yes") for v in values}
+        return column.isin(wanted)
+    if pd.api.types.is_numeric_dtype(column):
+        try:
+            numbers = [float(v) for v in values]
+        except ValueError:
+            raise ReportError(f"--filter {key}={','.join(values)}: '{key}' is numeric; give a number") from None
+        return column.astype(float).isin(numbers)
+    return column.astype(str).isin(values)
+
+
+def apply_filters(frames: ReportFrames, filters: dict[str, list[str]]) -> ReportFrames:
+    """Keep the runs whose columns match every filter; the per-class and curves frames follow by run_id."""
+    if not filters:
+        return frames
+    runs = frames.runs
+    keep = pd.Series(True, index=runs.index)
+    for key, values in filters.items():
+        if key not in runs.columns:
+            raise ReportError(f"--filter {key}=...: unknown column '{key}'; allowed: {', '.join(runs.columns)}")
+        keep &= _matches(runs[key], key, values)
+    kept = runs[keep]
+    if kept.empty:
+        described = " ".join(f"{k}={'|'.join(v)}" for k, v in filters.items())
+        raise ReportError(f"no runs of grid '{frames.grid}' match --filter {described}")
+    ids = set(kept["run_id"])
+    return replace(frames, runs=kept.reset_index(drop=True),
+                   per_class=frames.per_class[frames.per_class["run_id"].isin(ids)].reset_index(drop=True),
+                   curves=frames.curves[frames.curves["run_id"].isin(ids)].reset_index(drop=True))
+
+
+def _cells(frames: ReportFrames) -> set[tuple[str, str]]:
+    students = frames.finished()
+    taught = students[students["teacher_arch"].notna()]
+    return set(zip(taught["dataset"], taught["pair"], strict=True))
+
+
+def combine_grids(first: ReportFrames, second: ReportFrames) -> ReportFrames:
+    """Two grids in one set of frames, side by side.
+
+    Run ids become '<grid>/<run id>' (the same spec may run in both grids). A method label present in both grids
+    keeps its name for the first grid and becomes 'label [second grid]' for the second, so Δ vs kd / vanilla
+    compares the second grid's methods against the first grid's baselines on matched seeds.
+    ReportError when the grids are the same or share no (dataset, pair).
+    """
+    if first.grid == second.grid:
+        raise ReportError(f"both reports are grid '{first.grid}'; give two different grids to compare")
+    shared = _cells(first) & _cells(second)
+    if not shared:
+        raise ReportError(f"grids '{first.grid}' and '{second.grid}' share no (dataset, pair): "
+                          f"{sorted(_cells(first))} vs {sorted(_cells(second))}; nothing to put side by side")
+    clashes = set(first.runs["method"]) & set(second.runs["method"])
+
+    def relabel(frames: ReportFrames, rename: bool) -> dict[str, pd.DataFrame]:
+        out = {}
+        for name in ("runs", "per_class", "curves"):
+            frame = getattr(frames, name).copy()
+            frame["run_id"] = frames.grid + "/" + frame["run_id"].astype(str)
+            if rename:
+                clash = frame["method"].isin(clashes)
+                frame["method"] = np.where(clash, frame["method"] + f" [{frames.grid}]", frame["method"])
+            if name == "runs" and "teacher_run_id" in frame:
+                has = frame["teacher_run_id"].notna()
+                frame.loc[has, "teacher_run_id"] = frames.grid + "/" + frame.loc[has, "teacher_run_id"]
+            out[name] = frame
+        return out
+
+    a, b = relabel(first, False), relabel(second, True)
+    return ReportFrames(grid=f"{first.grid} vs {second.grid}",
+                        **{name: pd.concat([a[name], b[name]], ignore_index=True) for name in a})
+
+
+@dataclass
+class Report:
+    """The built tables, the notes of tables that could not be built, and the files written."""
+
+    grid: str
+    tables: list[Table]
+    skipped: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+    def text(self) -> str:
+        """All tables as markdown, then what was skipped and why."""
+        parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
+        parts += [f"skipped: {reason}" for reason in self.skipped]
+        return "\n\n".join(parts)
+
+
+def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Report:
+    """Every table of ``frames``; ReportError when there is no finished run or the group rule cannot split.
+
+    The head/medium/tail table is skipped (with the reason) when every dataset is balanced; a long-tailed
+    dataset the rule leaves in one group is an error.
+    """
+    if frames.finished().empty:
+        failed = int((frames.runs["status"] == "failed").sum())
+        raise ReportError(f"grid '{frames.grid}' has no finished runs ({failed} failed); nothing to report")
+    tables = [main_table(frames, group_by), per_class_table(frames, group_by)]
+    skipped = []
+    if (frames.finished()["lt_profile"] == "balanced").all():
+        skipped.append("head/medium/tail table: every dataset of this report is balanced (no tail to split)")
+    else:
+        tables.append(head_tail_table(frames, rule, group_by))
+    if (frames.finished()["stage"] == "student").any():
+        tables.append(cost_table(frames, group_by))
+    else:
+        skipped.append("cost table: no finished student runs")
+    return Report(frames.grid, tables, skipped)
+
+
+def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...]) -> Report:
+    """Write each table in ``formats`` (see render.FORMATS) under ``out_dir``; terminal also writes report.md."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ReportError(f"--format {','.join(unknown)}: unknown; allowed: {', '.join(FORMATS)}, all")
+    for table in report.tables:
+        report.written += write_table(table, out_dir, formats)
+    if "terminal" in formats:
+        path = Path(out_dir) / "report.md"
+        from kdbench.report.render import atomic_write_text
+
+        atomic_write_text(path, report.text() + "\n")
+        report.written.append(path)
+    return report
+
+
+def run_report(args) -> Report:
+    """The `kdbench report` command (arguments as parsed by kdbench.cli): load, filter, combine, build, write."""
+    from kdbench.report.groups import group_rule
+
+    formats = FORMATS if args.format == "all" else (args.format,)
+    group_by = tuple(c.strip() for c in args.group_by.split(",") if c.strip())
+    filters = parse_filters(args.filter)
+    sources = [resolve_source(target, args.results, args.data_root, args.from_mlflow, args.experiment)
+               for target in [args.grid, args.grid_b] if target]
+    frames = [apply_filters(source.load(), filters) for source in sources]
+    combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
+    report = build_tables(combined, group_rule(args.group_rule), group_by)
+    out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
+    if len(sources) == 2 and not args.out:
+        out_dir = out_dir / f"vs-{sources[1].name}"
+    return write_report(report, out_dir, formats)

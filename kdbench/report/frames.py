@@ -1,0 +1,220 @@
+"""Run records → three pandas frames (runs, per-class, curves): the single input of every table and plot.
+
+Frames (all built by :func:`frames_from_records`; :func:`load_frames` reads a grid's ``runs/*/record.json``;
+``kdbench.report.mlflow_frames`` builds the very same frames from an MLflow store):
+
+``runs`` — one row per run (teachers and students, done and failed):
+    run_id, grid, stage ('teacher' | 'student'), status ('done' | 'failed'), reason (failure message or None),
+    method (display label of the method setting, e.g. 'kd' or 'kd(T=2)'; 'teacher' for teacher runs),
+    method_name (registered method, e.g. 'kd'), pair ('teacher->student', or the arch alone for teachers),
+    arch (student architecture), teacher_arch (None for teachers), dataset (variant label, e.g. 'cifar100' or
+    'cifar100-lt-exp-100'), dataset_name ('cifar100'), lt_profile ('balanced' | 'exp' | 'step'),
+    imbalance_ratio (ρ = n_max / n_min; 1.0 when balanced), subset_seed, seed (training seed), num_classes,
+    epochs (epochs logged), top1 / top5 / balanced_acc (final epoch on the test set, %; NaN if failed),
+    has_val (a validation set existed, i.e. best_val is known), best_val_epoch, best_val_top1 (validation top-1
+    at that epoch), best_val_test_top1 (test top-1 at the best-validation epoch; NaN without validation),
+    seconds_per_epoch (mean wall time of a training epoch), images_per_s (training throughput: images / seconds
+    over all epochs), student_params, extra_params (trainable parameters the method adds), peak_memory_bytes,
+    teacher_run_id, teacher_top1, method_params (the method's hyper-parameters as sorted JSON).
+    Integer columns that can be missing use pandas' nullable ``Int64``.
+
+``per_class`` — one row per (run, class) for finished runs, final-epoch test counts:
+    run_id, grid, stage, method, pair, dataset, seed, class (0-based label), train_count (training images of
+    the class in this run's training set), test_correct, test_total, accuracy (%, NaN when test_total is 0).
+
+``curves`` — one row per (run, epoch):
+    run_id, grid, stage, method, pair, dataset, seed, epoch (1-based), lr, test_top1, test_top5, val_top1 (NaN
+    without validation), seconds, images_per_s, and one ``train_<term>`` column per training-loss term
+    (mean over the epoch; ``train_total`` is the summed objective, ``train_top1`` the training accuracy, not a
+    loss). A term a run does not have is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdbench.report.errors import ReportError
+from kdbench.tracking.record import RECORD_NAME, RunRecord
+
+KEY_COLUMNS = ["run_id", "grid", "stage", "method", "pair", "dataset", "seed"]
+RUN_COLUMNS = [
+    "run_id", "grid", "stage", "status", "reason", "method", "method_name", "pair", "arch", "teacher_arch",
+    "dataset", "dataset_name", "lt_profile", "imbalance_ratio", "subset_seed", "seed", "num_classes", "epochs",
+    "top1", "top5", "balanced_acc", "has_val", "best_val_epoch", "best_val_top1", "best_val_test_top1",
+    "seconds_per_epoch", "images_per_s", "student_params", "extra_params", "peak_memory_bytes",
+    "teacher_run_id", "teacher_top1", "method_params",
+]
+PER_CLASS_COLUMNS = [*KEY_COLUMNS, "class", "train_count", "test_correct", "test_total", "accuracy"]
+CURVE_BASE_COLUMNS = [*KEY_COLUMNS, "epoch", "lr", "test_top1", "test_top5", "val_top1", "seconds", "images_per_s"]
+
+_INT_COLUMNS = ["subset_seed", "seed", "num_classes", "epochs", "best_val_epoch", "student_params", "extra_params",
+                "peak_memory_bytes"]
+_FLOAT_COLUMNS = ["imbalance_ratio", "top1", "top5", "balanced_acc", "best_val_top1", "best_val_test_top1",
+                  "seconds_per_epoch", "images_per_s", "teacher_top1"]
+
+
+@dataclass(frozen=True)
+class ReportFrames:
+    """The runs, per-class and curves frames of one grid (see the module docstring for the columns)."""
+
+    grid: str
+    runs: pd.DataFrame
+    per_class: pd.DataFrame
+    curves: pd.DataFrame
+
+    def finished(self) -> pd.DataFrame:
+        """The runs frame restricted to finished (status 'done') runs."""
+        return self.runs[self.runs["status"] == "done"]
+
+
+def read_records(runs_root: str | Path) -> list[RunRecord]:
+    """Every ``record.json`` under ``runs_root`` (one folder per run), validated, in run-id order."""
+    return [RunRecord.model_validate_json(path.read_bytes())
+            for path in sorted(Path(runs_root).glob(f"*/{RECORD_NAME}"))]
+
+
+def load_frames(runs_root: str | Path) -> ReportFrames:
+    """The frames of the records under ``runs_root``; ReportError when there are none or grids are mixed."""
+    records = read_records(runs_root)
+    if not records:
+        raise ReportError(f"{runs_root}: no run records (record.json) found; run the grid first")
+    return frames_from_records(records)
+
+
+def dataset_variant_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """dataset_name, lt_profile and imbalance_ratio from a record's ``spec`` (a RunSpec dump)."""
+    dataset = spec.get("dataset") or {}
+    long_tail = dataset.get("long_tail")
+    return {
+        "dataset_name": dataset.get("name"),
+        "lt_profile": long_tail["profile"] if long_tail else "balanced",
+        "imbalance_ratio": float(long_tail["imbalance_ratio"]) if long_tail else 1.0,
+    }
+
+
+def _throughput(history) -> tuple[float, float]:
+    seconds = np.array([entry.seconds for entry in history], dtype=float)
+    if seconds.size == 0:
+        return float("nan"), float("nan")
+    images = np.array([entry.images_per_s for entry in history], dtype=float) * seconds
+    total = seconds.sum()
+    return float(seconds.mean()), float(images.sum() / total) if total > 0 else float("nan")
+
+
+def run_row(record: RunRecord) -> dict[str, Any]:
+    """The runs-frame row of one record."""
+    final, best = record.final, record.best_val
+    seconds_per_epoch, images_per_s = _throughput(record.history)
+    spec = record.spec
+    teacher_spec = spec.get("teacher") or {}
+    return {
+        "run_id": record.run_id, "grid": record.grid, "stage": record.stage, "status": record.status,
+        "reason": record.reason, "method": record.label, "method_name": record.method, "pair": record.pair,
+        "arch": record.arch, "teacher_arch": teacher_spec.get("arch"), "dataset": record.dataset,
+        **dataset_variant_fields(spec), "subset_seed": record.subset_seed, "seed": record.seed,
+        "num_classes": record.num_classes, "epochs": len(record.history),
+        "top1": final.top1 if final else np.nan, "top5": final.top5 if final else np.nan,
+        "balanced_acc": final.balanced_acc if final else np.nan, "has_val": best is not None,
+        "best_val_epoch": best.epoch if best else None, "best_val_top1": best.val_top1 if best else np.nan,
+        "best_val_test_top1": best.test.top1 if best else np.nan,
+        "seconds_per_epoch": seconds_per_epoch, "images_per_s": images_per_s,
+        "student_params": record.student_params, "extra_params": record.extra_params,
+        "peak_memory_bytes": record.peak_memory_bytes,
+        "teacher_run_id": record.teacher.run_id if record.teacher else None,
+        "teacher_top1": record.teacher.top1 if record.teacher else np.nan,
+        "method_params": json.dumps(spec.get("params") or {}, sort_keys=True),
+    }
+
+
+def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows → the runs frame with fixed column order and dtypes (shared by the records and MLflow readers)."""
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for column in _INT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype("Int64")
+    for column in _FLOAT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column]).astype(float)
+    frame["has_val"] = frame["has_val"].astype(bool)
+    for column in ("reason", "teacher_arch", "teacher_run_id"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame.sort_values("run_id", ignore_index=True)
+
+
+def per_class_frame(keys: pd.DataFrame, train_counts: list, correct: list, total: list) -> pd.DataFrame:
+    """Per-class rows: ``keys`` (one row per run, KEY_COLUMNS) repeated over each run's classes.
+
+    ``train_counts``, ``correct`` and ``total`` hold one sequence per run (same order as ``keys``); a run
+    without class counts passes an empty sequence for ``train_counts`` (NaN counts).
+    """
+    lengths = np.array([len(c) for c in correct], dtype=int)
+    if lengths.sum() == 0:
+        return _typed_per_class(pd.DataFrame(columns=PER_CLASS_COLUMNS))
+    frame = keys.loc[keys.index.repeat(lengths), KEY_COLUMNS].reset_index(drop=True)
+    frame["class"] = np.concatenate([np.arange(n) for n in lengths])
+    counts = [np.asarray(c, dtype=float) if len(c) == n else np.full(n, np.nan)
+              for c, n in zip(train_counts, lengths, strict=True)]
+    frame["train_count"] = np.concatenate(counts)
+    frame["test_correct"] = np.concatenate([np.asarray(c, dtype=np.int64) for c in correct])
+    frame["test_total"] = np.concatenate([np.asarray(t, dtype=np.int64) for t in total])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = 100.0 * frame["test_correct"].to_numpy(float) / frame["test_total"].to_numpy(float)
+    frame["accuracy"] = np.where(frame["test_total"].to_numpy() > 0, accuracy, np.nan)
+    return _typed_per_class(frame)
+
+
+def _typed_per_class(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.astype({"class": "int64", "test_correct": "int64", "test_total": "int64",
+                          "train_count": "Int64", "accuracy": float})
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame.sort_values(["run_id", "class"], ignore_index=True)
+
+
+def curves_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows of (KEY_COLUMNS, epoch, lr, test_top1, ..., train_<term>...) → the curves frame, terms sorted."""
+    terms = sorted({key for row in rows for key in row if key.startswith("train_")})
+    frame = pd.DataFrame(rows, columns=[*CURVE_BASE_COLUMNS, *terms])
+    frame = frame.astype({"epoch": "int64", **{c: float for c in CURVE_BASE_COLUMNS[8:]}, **{t: float for t in terms}})
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame.sort_values(["run_id", "epoch"], ignore_index=True)
+
+
+def check_one_grid(grids: pd.Series) -> str:
+    """The single grid name in ``grids``; ReportError naming each grid and its run count when they are mixed."""
+    counts = grids.value_counts()
+    if len(counts) > 1:
+        listing = ", ".join(f"'{name}' ({n} runs)" for name, n in counts.items())
+        raise ReportError(f"run records from different grids are mixed: {listing}; "
+                          "report one grid at a time, or pass two grids to compare them side by side")
+    if counts.empty:
+        raise ReportError("no run records to report")
+    return str(counts.index[0])
+
+
+def frames_from_records(records: Iterable[RunRecord]) -> ReportFrames:
+    """The three frames of a grid's records; ReportError when empty or when records of several grids are mixed."""
+    records = list(records)
+    runs = runs_frame([run_row(record) for record in records])
+    grid = check_one_grid(runs["grid"])
+    done = [record for record in records if record.status == "done" and record.final is not None]
+    keys = pd.DataFrame([{column: getattr(record, column if column != "method" else "label")
+                          for column in KEY_COLUMNS} for record in done], columns=KEY_COLUMNS)
+    per_class = per_class_frame(keys, [record.class_counts for record in done],
+                                [record.final.per_class_correct for record in done],
+                                [record.final.per_class_total for record in done])
+    curve_rows = []
+    for record in records:
+        base = {"run_id": record.run_id, "grid": record.grid, "stage": record.stage, "method": record.label,
+                "pair": record.pair, "dataset": record.dataset, "seed": record.seed}
+        for entry in record.history:
+            curve_rows.append({**base, "epoch": entry.epoch, "lr": entry.lr, "test_top1": entry.test_top1,
+                               "test_top5": entry.test_top5,
+                               "val_top1": entry.val_top1 if entry.val_top1 is not None else np.nan,
+                               "seconds": entry.seconds, "images_per_s": entry.images_per_s,
+                               **{f"train_{k}": v for k, v in entry.train.items()}})
+    return ReportFrames(grid=grid, runs=runs, per_class=per_class, curves=curves_frame(curve_rows))
