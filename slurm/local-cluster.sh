@@ -76,7 +76,8 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2,bf_interval=2,batch_sched_delay=0
+# kill_invalid_depend: a student whose teacher failed is cancelled instead of pending forever.
+SchedulerParameters=sched_interval=2,bf_interval=2,batch_sched_delay=0,kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
@@ -192,6 +193,7 @@ cmd_up() {
   start_slurmdbd
   start_slurmctld
   start_slurmd
+  scontrol reconfigure >/dev/null  # picks up a changed slurm.conf when the daemons were already up
   if ! node_idle; then scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true; fi
   wait_for 60 "node $NODE to become idle" node_idle
   say "up: cluster $CLUSTER, node $NODE with $CPUS CPUs, partition debug, account $ACCOUNT"
