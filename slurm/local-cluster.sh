@@ -67,6 +67,8 @@ ClusterName=$CLUSTER
 SlurmctldHost=$NODE
 SlurmUser=slurm
 AuthType=auth/munge
+# A requeued job (time limit, preemption) may start again after cred_expire seconds (Slurm's default: 120).
+AuthInfo=cred_expire=15
 StateSaveLocation=/var/lib/slurm/slurmctld
 SlurmdSpoolDir=/var/lib/slurm/slurmd
 SlurmctldPidFile=/run/slurm/slurmctld.pid
