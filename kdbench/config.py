@@ -13,10 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdbench.clusterconf import ClusterConfig
 from kdbench.data.spec import DatasetSpec, LongTailSpec
 from kdbench.recipe import Recipe, RecipeOverride
 
 __all__ = [
+    "ClusterConfig",
     "ConfigError",
     "DatasetSpec",
     "ExecutorConfig",
@@ -136,7 +138,7 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["local", "debug"] = "local"
+    kind: Literal["local", "debug", "slurm"] = "local"
     workers: int = Field(default=1, ge=1, description="local: parallel run processes")
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
 
@@ -167,6 +169,7 @@ class GridConfig(BaseModel):
     teacher_recipe: RecipeOverride = Field(default_factory=RecipeOverride)
     overrides: list[Override] = Field(default_factory=list)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    cluster: ClusterConfig | None = Field(default=None, description="Slurm resources (executor kind slurm)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: str = Field(default="results", description="results root; relative to the working directory")
 

@@ -88,11 +88,8 @@ def _archive_failed(run_dir: Path) -> None:
         record.rename(run_dir / f"record.failed-{stamp}.json")
 
 
-def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
-             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
-    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
-    started = time.perf_counter()
-    paths, planned = plan_grid(grid, results_root)
+def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths) -> tuple[str, str] | None:
+    """Create runs/, keep the grid file, create the MLflow store and experiment once; return the tracking target."""
     paths.runs_root.mkdir(parents=True, exist_ok=True)
     _save_grid_file(paths.grid_dir, grid_text)
     target = tracking_target(grid, paths)
@@ -102,6 +99,20 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
         except Exception as error:  # tracking never stops the grid
             log.warning("MLflow store %s unavailable (%s); runs go on with records only", target[0], error)
             target = None
+    return target
+
+
+def archive_failed(run_dir: Path) -> None:
+    """Move a failed record aside (record.failed-<time>.json) before the run is tried again."""
+    _archive_failed(run_dir)
+
+
+def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
+             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
+    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+    started = time.perf_counter()
+    paths, planned = plan_grid(grid, results_root)
+    target = prepare_results(grid, grid_text, paths)
     outcome = GridOutcome()
     to_run: list[PlannedRun] = []
     for run in planned:
