@@ -1,4 +1,4 @@
-"""The kdbench command line: run | status | cancel | report | methods | models (thin: parse, call, print)."""
+"""The kdbench command line: run | status | cancel | report | plot | methods | models (thin: parse, call, print)."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", metavar="PATH", help="dataset root for every dataset of the grid")
     parser.add_argument("--from-mlflow", metavar="URI", help="build the tables from this MLflow store alone")
     parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the grid's)")
-    parser.add_argument("--format", default="terminal", choices=["terminal", "csv", "latex", "all"],
-                        help="terminal (markdown, also saved as .md), csv, latex (booktabs) or all")
+    parser.add_argument("--format", default="terminal", choices=["terminal", "csv", "latex", "html", "all"],
+                        help="terminal (markdown, also saved as .md), csv, latex (booktabs), html (one page with "
+                             "every table and plot) or all")
     parser.add_argument("--group-rule", default="default", choices=["default", "oltr"],
                         help="many/medium/few: default many>100, few<20 (Decoupling); oltr many>=100, few<=20")
     parser.add_argument("--filter", action="append", metavar="KEY=VALUE",
@@ -36,6 +37,21 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="COLS", default="dataset,pair,method",
                         help="comma-separated cell columns of every table (default dataset,pair,method)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report)")
+
+
+def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("grid", help="grid file (YAML), results/<grid> folder, or runs folder (with --from-mlflow: "
+                                     "also a grid name)")
+    parser.add_argument("--results", metavar="DIR", help="results root (default: the grid's `output`, 'results')")
+    parser.add_argument("--data-root", metavar="PATH", help="dataset root for every dataset of the grid")
+    parser.add_argument("--from-mlflow", metavar="URI", help="plot from this MLflow store alone")
+    parser.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: the grid's)")
+    parser.add_argument("--group-rule", default="default", choices=["default", "oltr"],
+                        help="many/medium/few: default many>100, few<20 (Decoupling); oltr many>=100, few<=20")
+    parser.add_argument("--filter", action="append", metavar="KEY=VALUE",
+                        help="keep runs whose column KEY equals VALUE (repeatable; a repeated KEY means any value)")
+    parser.add_argument("--plot-format", default="png,pdf", metavar="FORMATS", help="png, pdf or png,pdf (default)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report/plots)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(cancel)
     report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
     _add_report_arguments(report)
+    plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
+                                            "many/medium/few, accuracy against ρ, training curves")
+    _add_plot_arguments(plot)
     commands.add_parser("methods", help="list the registered methods with their needs and paper")
     commands.add_parser("models", help="list the registered models")
     return parser
@@ -144,6 +163,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from kdbench.report.visual import run_plots
+
+    saved = run_plots(args)
+    for plot in saved:
+        print(f"{plot.kind:<9} {', '.join(str(path) for path in plot.paths.values())}")
+    print(f"\nwrote {len(saved)} plots" + (f" under {next(iter(saved[0].paths.values())).parent}" if saved else ""))
+    return EXIT_OK
+
+
 def _cmd_methods(_: argparse.Namespace) -> int:
     import kdbench.methods  # noqa: F401
     from kdbench.loss import METHODS
@@ -172,7 +201,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     return cancel_grid(load_grid(args.grid, data_root=args.data_root), args)
 
 
-COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "report": _cmd_report,
+COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "report": _cmd_report, "plot": _cmd_plot,
             "methods": _cmd_methods, "models": _cmd_models}
 
 

@@ -42,9 +42,11 @@ def synthetic_records(grid: str = "synthetic", pairs: tuple[str, ...] = ("resnet
                 for seed_value in seeds:
                     run_id = f"s-{variant}-{pair.replace('->', '-')}-{method}-{seed_value}"
                     skill = 0.55 + 0.03 * k + 0.01 * rng.standard_normal()
+                    taught = method != "vanilla"  # vanilla trains without a teacher: its pair is the student arch
                     records.append(_record(grid, run_id, "student", method.split("(")[0], method, student_arch,
-                                           pair, variant, spec_dataset, seed_value, counts, skill,
-                                           test_per_class, epochs, rng, teacher_id))
+                                           pair if taught else student_arch, variant, spec_dataset, seed_value,
+                                           counts, skill, test_per_class, epochs, rng,
+                                           teacher_id if taught else None))
     for record in records[-failed:] if failed else []:
         record.status, record.reason, record.final, record.history = "failed", "synthetic failure", None, []
     return records
@@ -71,6 +73,8 @@ def _record(grid: str, run_id: str, stage: str, method: str, label: str, arch: s
                                 test_top5=min(100.0, top1 + 15), seconds=2.0, images_per_s=500.0))
     spec = {"stage": stage, "dataset": spec_dataset, "arch": arch, "method": method, "params": {}, "seed": seed,
             "teacher": {"arch": pair.split("->")[0], "run_id": teacher_id} if teacher_id else None}
+    if stage == "teacher":
+        pair = arch
     teacher = ({"run_id": teacher_id, "arch": pair.split("->")[0], "sha256": "0" * 64, "top1": 80.0}
                if teacher_id else None)
     return RunRecord(run_id=run_id, grid=grid, status="done", stage=stage, method=method, label=label, arch=arch,

@@ -40,3 +40,21 @@ def test_demo_grid_end_to_end(tmp_path):
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert again.returncode == 0 and "ran 0 runs" in again.stdout and "14 already done" in again.stdout
+
+    # make demo's second step: the full report, every table in every format
+    report_command = [sys.executable, "-m", "kdbench", "report", "experiments/demo.yaml", "--results", str(results),
+                      "--format", "all"]
+    report = subprocess.run(report_command, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    for title in ("Final-epoch top-1", "Per-class accuracy", "Many / medium / few", "Cost per method"):
+        assert title in report.stdout
+    # digits keeps ~120 images per class (one group, left out); its exp rho=10 subset (116 .. 11) splits 1/6/3
+    assert "group rule 'default'" in report.stdout and "dataset 'digits' is balanced" in report.stdout
+    assert "| 1/6/3 " in report.stdout
+    written = {p.name for p in (results / "demo" / "report").iterdir()}
+    assert {"main.csv", "main.tex", "head_tail.csv", "per_class.csv", "cost.csv", "report.md"} <= written
+    # --format all also writes the HTML page and every plot (PNG + PDF): top-1 x2, rho, groups (rho=10 only),
+    # per-class x2, curves x2
+    assert "report.html" in written
+    plots = sorted(p.name for p in (results / "demo" / "report" / "plots").glob("*.png"))
+    assert len(plots) == 8 and len(list((results / "demo" / "report" / "plots").glob("*.pdf"))) == 8, plots

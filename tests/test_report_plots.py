@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
+from report_records import synthetic_records
 
+from kdbench.report.figures import grid_colors, grid_plots, save_plot, slug
+from kdbench.report.frames import frames_from_records
 from kdbench.report.plots import (
     FIXED_COLORS,
     method_colors,
@@ -148,3 +151,76 @@ def test_a_method_has_the_same_colour_in_every_figure():
     curve = _legend_colors(plot_training_curves(curves, COLORS, "t"))
     for method in METHODS:
         assert top1[method] == rho[method] == curve[method] == COLORS[method]
+
+
+# --- the figures of a grid, from run records (kdbench.report.figures) ---------------------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def lt_frames():
+    """1 pair × {balanced, ρ=10, ρ=100} × {vanilla, kd, trg} × 3 seeds, 10 classes; the last run failed."""
+    return frames_from_records(synthetic_records(rhos=(1.0, 10.0, 100.0), failed=1))
+
+
+@pytest.fixture(scope="module")
+def lt_plots(lt_frames):
+    """Every plot of ``lt_frames`` (drawn once for the module)."""
+    return list(grid_plots(lt_frames))
+
+
+def test_a_grid_gets_each_kind_of_plot_per_dataset_and_pair(lt_plots):
+    plots = lt_plots
+    names = [plot.name for plot in plots]
+    pair = "resnet56_to_resnet20"
+    assert names == [
+        "top1_cifar", "top1_cifar-lt-exp-10", "top1_cifar-lt-exp-100", f"rho_cifar_exp_{pair}",
+        f"per_class_cifar_{pair}", f"curves_cifar_{pair}",  # balanced: one group only, so no group bars
+        f"groups_cifar-lt-exp-10_{pair}", f"per_class_cifar-lt-exp-10_{pair}", f"curves_cifar-lt-exp-10_{pair}",
+        f"groups_cifar-lt-exp-100_{pair}", f"per_class_cifar-lt-exp-100_{pair}", f"curves_cifar-lt-exp-100_{pair}",
+    ]
+    by_name = {plot.name: plot.figure for plot in plots}
+    # vanilla trains without a teacher (its record's pair is the student arch) and still sits in the pair's plots
+    top1 = by_name["top1_cifar-lt-exp-100"].axes[0]
+    series = [c for c in top1.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in series] == ["vanilla", "kd", "trg"]
+    assert [len(c.lines[0].get_xdata()) for c in series] == [1, 1, 1]
+    assert "hollow marker" in top1.get_title()  # the failed run leaves trg with 2 seeds at ρ=100
+    assert [t.get_text() for t in by_name["top1_cifar"].legends[0].get_texts()][-1] == "teacher"
+    rho = by_name[f"rho_cifar_exp_{pair}"].axes[0]
+    assert [list(c.lines[0].get_xdata()) for c in rho.containers] == [[1.0, 10.0, 100.0]] * 3
+    per_class = by_name[f"per_class_cifar-lt-exp-100_{pair}"]
+    assert [len(line.get_xdata()) for line in per_class.axes[0].lines] == [10, 10, 10]
+    assert len(per_class.axes[1].patches) == 10
+    groups = by_name[f"groups_cifar-lt-exp-10_{pair}"].axes[0]
+    # ρ=10 on 10 classes (500 … 50 images): many > 100 and medium, no class below 20, so few is empty
+    assert [t.get_text() for t in groups.get_xticklabels()] == ["many\n(7 classes)", "medium\n(3 classes)",
+                                                                "few\n(empty)"]
+    curves = by_name[f"curves_cifar_{pair}"]
+    assert [ax.get_title() for ax in curves.axes if ax.get_visible()] == [
+        "test accuracy", "loss term: total", "loss term: ce", "loss term: graph", "loss term: kd"]
+
+
+def test_grid_colours_are_the_same_in_every_figure(lt_frames, lt_plots):
+    colors = grid_colors(lt_frames)
+    for plot in lt_plots:
+        for fig_legend in plot.figure.legends:
+            for text, handle in zip(fig_legend.get_texts(), fig_legend.legend_handles, strict=True):
+                method = text.get_text()
+                if method in colors:
+                    color = handle.get_color() if hasattr(handle, "get_color") else handle.get_facecolor()
+                    assert mcolors.to_hex(color) == colors[method], (plot.name, method)
+
+
+def test_save_plot_writes_png_and_pdf(tmp_path, lt_plots):
+    plot = lt_plots[0]
+    saved = save_plot(plot, tmp_path)
+    assert saved.paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved.paths["pdf"].read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["top1_cifar.pdf", "top1_cifar.png"]
+
+
+def test_slug_makes_file_names():
+    assert slug("per_class", "cifar100-lt-exp-100", "resnet32x4->resnet8x4") == \
+        "per_class_cifar100-lt-exp-100_resnet32x4_to_resnet8x4"
+    assert slug("top1", "a b/c") == "top1_a_b_c"

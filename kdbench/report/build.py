@@ -219,8 +219,14 @@ def run_report(args) -> Report:
                for target in [args.grid, args.grid_b] if target]
     frames = [apply_filters(source.load(), filters) for source in sources]
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
-    report = build_tables(combined, group_rule(args.group_rule), group_by)
+    rule = group_rule(args.group_rule)
+    report = build_tables(combined, rule, group_by)
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:
         out_dir = out_dir / f"vs-{sources[1].name}"
-    return write_report(report, out_dir, formats)
+    report = write_report(report, out_dir, tuple(f for f in formats if f != "html"))
+    if args.format in ("html", "all"):  # one page with every table and every plot (kdbench.report.visual)
+        from kdbench.report.visual import write_html_report
+
+        report.written += write_html_report(report, combined, out_dir, rule)
+    return report

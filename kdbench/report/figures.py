@@ -21,6 +21,7 @@ from kdbench.report.plots import (
     plot_training_curves,
 )
 from kdbench.report.stats import describe
+from kdbench.report.tables import table_runs
 from kdbench.tracking.atomic import atomic_write
 
 FORMATS = ("png", "pdf")
@@ -60,28 +61,39 @@ def grid_colors(frames: ReportFrames) -> dict[str, str]:
     return method_colors(frames.runs.loc[frames.runs["stage"] == "student", "method"])
 
 
+def _placed(frame: pd.DataFrame, placement: pd.DataFrame) -> pd.DataFrame:
+    """Per-class or curve rows under the table pair(s) of their run (a teacher-less vanilla run joins every pair
+    whose student is its architecture, as in the tables)."""
+    return frame.drop(columns=["pair", "method", "dataset"]).merge(placement, on="run_id", how="inner")
+
+
 def grid_plots(frames: ReportFrames, rule: GroupRule = RULES["default"],
                colors: dict[str, str] | None = None) -> Iterator[Plot]:
     """Every figure of the grid's finished student runs, one at a time (the caller saves and closes each).
 
     Order: top-1 per dataset variant; accuracy against ρ per dataset and pair (when ≥ 2 values of ρ); then per
     dataset variant and pair the many/medium/few bars (when the rule gives ≥ 2 groups), per-class accuracy and
-    training curves. ``colors`` defaults to :func:`grid_colors` (pass the unfiltered grid's map when slicing).
+    training curves. Runs sit in pairs as in the tables (:func:`kdbench.report.tables.table_runs`).
+    ``colors`` defaults to :func:`grid_colors` (pass the unfiltered grid's map when slicing a grid).
     """
     colors = colors or grid_colors(frames)
-    runs = frames.finished()
-    students = runs[runs["stage"] == "student"]
+    placed = table_runs(frames)
+    students = placed[placed["stage"] == "student"]
+    teachers = placed[placed["stage"] == "teacher"]
     grid = frames.grid
     datasets = list(dict.fromkeys(students.sort_values(["dataset_name", "imbalance_ratio"])["dataset"]))
     for dataset in datasets:
         cells = describe(students[students["dataset"] == dataset], ["pair", "method"], "top1")
+        teacher_top1 = teachers[teachers["dataset"] == dataset].groupby("pair")["top1"].mean()
         yield Plot(slug("top1", dataset), "top1", f"Final-epoch top-1 with 95% t-intervals, {dataset}",
-                   plot_top1_ci(cells, colors, f"{grid}: {dataset}"))
+                   plot_top1_ci(cells, colors, f"{grid}: {dataset}", teacher_top1))
     yield from _rho_plots(students, colors, grid)
-    per_class = frames.per_class[frames.per_class["stage"] == "student"]
-    curves = frames.curves[frames.curves["stage"] == "student"]
-    finished_ids = set(students["run_id"])
-    for (dataset, pair), _ in students.groupby(["dataset", "pair"], sort=False):
+    placement = students[["run_id", "pair", "method", "dataset"]].drop_duplicates()
+    per_class = _placed(frames.per_class, placement)
+    curves = _placed(frames.curves, placement)
+    cells = students[["dataset", "pair"]].drop_duplicates()
+    ordered = sorted(zip(cells["dataset"], cells["pair"], strict=True), key=lambda c: (datasets.index(c[0]), c[1]))
+    for dataset, pair in ordered:
         title = f"{grid}: {pair}, {dataset}"
         classes = per_class[(per_class["dataset"] == dataset) & (per_class["pair"] == pair)]
         if not classes.empty and classes["train_count"].notna().all():
@@ -93,8 +105,7 @@ def grid_plots(frames: ReportFrames, rule: GroupRule = RULES["default"],
             yield Plot(slug("per_class", dataset, pair), "per_class",
                        f"Per-class accuracy against training count, {pair}, {dataset}",
                        plot_per_class(_per_class_means(classes), colors, title))
-        history = curves[(curves["dataset"] == dataset) & (curves["pair"] == pair)
-                         & curves["run_id"].isin(finished_ids)]
+        history = curves[(curves["dataset"] == dataset) & (curves["pair"] == pair)]
         if not history.empty:
             yield Plot(slug("curves", dataset, pair), "curves", f"Training curves, {pair}, {dataset}",
                        plot_training_curves(_curve_means(history), colors, title))

@@ -99,19 +99,9 @@ def dataset_variant_fields(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _throughput(history) -> tuple[float, float]:
-    seconds = np.array([entry.seconds for entry in history], dtype=float)
-    if seconds.size == 0:
-        return float("nan"), float("nan")
-    images = np.array([entry.images_per_s for entry in history], dtype=float) * seconds
-    total = seconds.sum()
-    return float(seconds.mean()), float(images.sum() / total) if total > 0 else float("nan")
-
-
 def run_row(record: RunRecord) -> dict[str, Any]:
     """The runs-frame row of one record."""
     final, best = record.final, record.best_val
-    seconds_per_epoch, images_per_s = _throughput(record.history)
     spec = record.spec
     teacher_spec = spec.get("teacher") or {}
     return {
@@ -119,12 +109,11 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         "reason": record.reason, "method": record.label, "method_name": record.method, "pair": record.pair,
         "arch": record.arch, "teacher_arch": teacher_spec.get("arch"), "dataset": record.dataset,
         **dataset_variant_fields(spec), "subset_seed": record.subset_seed, "seed": record.seed,
-        "num_classes": record.num_classes, "epochs": len(record.history),
+        "num_classes": record.num_classes,
         "top1": final.top1 if final else np.nan, "top5": final.top5 if final else np.nan,
         "balanced_acc": final.balanced_acc if final else np.nan, "has_val": best is not None,
         "best_val_epoch": best.epoch if best else None, "best_val_top1": best.val_top1 if best else np.nan,
         "best_val_test_top1": best.test.top1 if best else np.nan,
-        "seconds_per_epoch": seconds_per_epoch, "images_per_s": images_per_s,
         "student_params": record.student_params, "extra_params": record.extra_params,
         "peak_memory_bytes": record.peak_memory_bytes,
         "teacher_run_id": record.teacher.run_id if record.teacher else None,
@@ -133,9 +122,25 @@ def run_row(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def runs_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def with_epoch_totals(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with epochs, seconds_per_epoch and images_per_s (images / seconds over all epochs) from ``curves``."""
+    seconds = curves["seconds"].to_numpy(float)
+    per_run = pd.DataFrame({"run_id": curves["run_id"], "seconds": seconds,
+                            "images": curves["images_per_s"].to_numpy(float) * seconds})
+    totals = per_run.groupby("run_id").agg(epochs=("seconds", "size"), seconds_per_epoch=("seconds", "mean"),
+                                           _seconds=("seconds", "sum"), _images=("images", "sum"))
+    totals["images_per_s"] = (totals["_images"] / totals["_seconds"]).where(totals["_seconds"] > 0)
+    runs = runs.drop(columns=["epochs", "seconds_per_epoch", "images_per_s"], errors="ignore")
+    runs = runs.merge(totals[["epochs", "seconds_per_epoch", "images_per_s"]], left_on="run_id", right_index=True,
+                      how="left")
+    runs["epochs"] = runs["epochs"].fillna(0)
+    return runs_frame(runs)
+
+
+def runs_frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     """Rows → the runs frame with fixed column order and dtypes (shared by the records and MLflow readers)."""
-    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS) if not isinstance(rows, pd.DataFrame) else rows[RUN_COLUMNS]
+    frame = frame.copy()
     for column in _INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column]).astype("Int64")
     for column in _FLOAT_COLUMNS:
@@ -175,13 +180,34 @@ def _typed_per_class(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["run_id", "class"], ignore_index=True)
 
 
-def curves_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Rows of (KEY_COLUMNS, epoch, lr, test_top1, ..., train_<term>...) → the curves frame, terms sorted."""
-    terms = sorted({key for row in rows for key in row if key.startswith("train_")})
-    frame = pd.DataFrame(rows, columns=[*CURVE_BASE_COLUMNS, *terms])
+def curves_frame(rows: list[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """Rows (or a frame) of (KEY_COLUMNS, epoch, lr, test_top1, ..., train_<term>...) → the curves frame."""
+    if isinstance(rows, pd.DataFrame):
+        terms = sorted(c for c in rows.columns if c.startswith("train_"))
+        frame = rows[[*CURVE_BASE_COLUMNS, *terms]].copy()
+    else:
+        terms = sorted({key for row in rows for key in row if key.startswith("train_")})
+        frame = pd.DataFrame(rows, columns=[*CURVE_BASE_COLUMNS, *terms])
     frame = frame.astype({"epoch": "int64", **{c: float for c in CURVE_BASE_COLUMNS[8:]}, **{t: float for t in terms}})
     frame["seed"] = frame["seed"].astype("Int64")
     return frame.sort_values(["run_id", "epoch"], ignore_index=True)
+
+
+def _curves_from_records(records: list[RunRecord]) -> pd.DataFrame:
+    """The curves frame, built column by column (no per-epoch dicts: grids have millions of epoch rows)."""
+    epochs = [entry for record in records for entry in record.history]
+    lengths = np.array([len(record.history) for record in records], dtype=int)
+    keys = pd.DataFrame([{"run_id": r.run_id, "grid": r.grid, "stage": r.stage, "method": r.label, "pair": r.pair,
+                          "dataset": r.dataset, "seed": r.seed} for r in records], columns=KEY_COLUMNS)
+    frame = keys.loc[keys.index.repeat(lengths)].reset_index(drop=True)
+    frame["epoch"] = np.array([e.epoch for e in epochs], dtype=np.int64)
+    for column in ("lr", "test_top1", "test_top5", "seconds", "images_per_s"):
+        frame[column] = np.array([getattr(e, column) for e in epochs], dtype=float)
+    frame["val_top1"] = np.array([e.val_top1 if e.val_top1 is not None else np.nan for e in epochs], dtype=float)
+    terms = sorted({term for e in epochs for term in e.train})
+    for term in terms:
+        frame[f"train_{term}"] = np.array([e.train.get(term, np.nan) for e in epochs], dtype=float)
+    return curves_frame(frame)
 
 
 def check_one_grid(grids: pd.Series) -> str:
@@ -207,14 +233,5 @@ def frames_from_records(records: Iterable[RunRecord]) -> ReportFrames:
     per_class = per_class_frame(keys, [record.class_counts for record in done],
                                 [record.final.per_class_correct for record in done],
                                 [record.final.per_class_total for record in done])
-    curve_rows = []
-    for record in records:
-        base = {"run_id": record.run_id, "grid": record.grid, "stage": record.stage, "method": record.label,
-                "pair": record.pair, "dataset": record.dataset, "seed": record.seed}
-        for entry in record.history:
-            curve_rows.append({**base, "epoch": entry.epoch, "lr": entry.lr, "test_top1": entry.test_top1,
-                               "test_top5": entry.test_top5,
-                               "val_top1": entry.val_top1 if entry.val_top1 is not None else np.nan,
-                               "seconds": entry.seconds, "images_per_s": entry.images_per_s,
-                               **{f"train_{k}": v for k, v in entry.train.items()}})
-    return ReportFrames(grid=grid, runs=runs, per_class=per_class, curves=curves_frame(curve_rows))
+    curves = _curves_from_records(records)
+    return ReportFrames(grid=grid, runs=with_epoch_totals(runs, curves), per_class=per_class, curves=curves)

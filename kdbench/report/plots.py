@@ -2,7 +2,8 @@
 
 The functions never read records and never compute statistics; :mod:`kdbench.report.figures` feeds them the
 frames and statistics the report builds. Every figure colours a method the same way (:func:`method_colors`),
-so a reader can carry a colour from one plot to the next.
+so a reader can carry a colour from one plot to the next. Figures are plain ``matplotlib.figure.Figure`` objects,
+not pyplot ones: no window, no global state, the Agg renderer for PNG on any machine (servers, CI, Slurm nodes).
 """
 
 from __future__ import annotations
@@ -10,22 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window (servers, CI, Slurm nodes)
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 #: Baselines keep one colour in every grid: vanilla grey, kd black.
 FIXED_COLORS = {"vanilla": "#7f7f7f", "kd": "#000000"}
-#: The other methods take these in the order of their sorted names (tab10 without grey, then tab20's light tones).
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+#: The other methods take these in the order of their sorted names (tab10 without grey and the teacher's brown,
+#: then tab20's light tones).
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#bcbd22", "#17becf",
            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
 GROUP_ORDER = ["many", "medium", "few"]
 COUNT_COLOR = "#d9d9d9"
+TEACHER_COLOR = "#8c564b"
 #: PROTOCOL.md: fewer seeds than this are flagged.
 MIN_SEEDS = 3
 
@@ -44,7 +43,7 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return [m for m in FIXED_COLORS if m in names] + sorted(names - set(FIXED_COLORS))
 
 
-def _legend_outside(fig: Figure, axes: Iterable[plt.Axes], methods: Iterable[str], title: str = "method") -> None:
+def _legend_outside(fig: Figure, axes: Iterable[Axes], methods: Iterable[str], title: str = "method") -> None:
     """One figure legend right of the plots, where it cannot cover data: methods in legend order, then the rest."""
     seen: dict[str, object] = {}
     for ax in axes:
@@ -58,11 +57,11 @@ def _legend_outside(fig: Figure, axes: Iterable[plt.Axes], methods: Iterable[str
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    # Figure() directly (not plt.figure): no global pyplot state, so thousands of figures do not pile up.
+    # Figure() directly (not pyplot): nothing registered globally, so thousands of figures do not pile up.
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _percent_limits(ax: plt.Axes, low: float, high: float) -> None:
+def _percent_limits(ax: Axes, low: float, high: float) -> None:
     """Y limits around [low, high] with a margin, clipped to 0-100 %."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return
@@ -70,16 +69,18 @@ def _percent_limits(ax: plt.Axes, low: float, high: float) -> None:
     ax.set_ylim(max(0.0, low - margin), min(100.0, high + margin))
 
 
-def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str) -> Figure:
+def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
+                 teacher_top1: pd.Series | None = None) -> Figure:
     """Top-1 (%) with its 95% t-interval per method, pairs side by side on the x axis.
 
     ``cells``: one row per (pair, method) with columns pair, method, mean, ci_low, ci_high, n. An interval that
     cannot be computed (n < 2: NaN bounds) is drawn as a bare point; cells with n < 3 get a hollow marker.
+    ``teacher_top1`` (top-1 by pair) draws each pair's teacher as a dashed line across its group.
     """
     pairs = list(dict.fromkeys(cells["pair"]))
     methods = method_order(cells["method"])
     width = 0.8 / max(1, len(methods))
-    fig = _new_figure(max(6.0, 1.0 + 0.35 * len(pairs) * len(methods) ** 0.5 + 2.5), 4.2)
+    fig = _new_figure(min(16.0, max(6.0, 3.5 + 0.35 * len(pairs) * len(methods) ** 0.5)), 4.2)
     ax = fig.add_subplot()
     indexed = cells.set_index(["pair", "method"])
     for k, method in enumerate(methods):
@@ -98,13 +99,20 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str) -> Fig
         if any(few):  # hollow marker over the filled one: too few seeds to trust the interval
             ax.scatter(np.array(xs)[few], np.array(ys)[few], s=22, facecolors="white", edgecolors=colors[method],
                        zorder=3, label="_nolegend_")
+    if teacher_top1 is not None and not teacher_top1.empty:
+        known = [(i, float(teacher_top1[pair])) for i, pair in enumerate(pairs) if pair in teacher_top1.index]
+        ax.hlines([y for _, y in known], [i - 0.45 for i, _ in known], [i + 0.45 for i, _ in known],
+                  colors=TEACHER_COLOR, linestyles="dashed", linewidth=1.2, label="teacher")
+        extra = [y for _, y in known]
+    else:
+        extra = []
     ax.set_xticks(range(len(pairs)), [pair.replace("->", "→\n") for pair in pairs], fontsize="small")
     ax.set_xlim(-0.6, len(pairs) - 0.4)
     ax.set_xlabel("teacher → student pair")
     ax.set_ylabel("final-epoch top-1 (%)")
     lows = cells["ci_low"].fillna(cells["mean"])
     highs = cells["ci_high"].fillna(cells["mean"])
-    _percent_limits(ax, float(lows.min()), float(highs.max()))
+    _percent_limits(ax, min([float(lows.min()), *extra]), max([float(highs.max()), *extra]))
     ax.grid(axis="y", alpha=0.3)
     flag = "; hollow marker: n < 3 seeds" if (cells["n"] < MIN_SEEDS).any() else ""
     ax.set_title(f"{title}\nmean over seeds with 95% t-interval{flag}", fontsize="medium")

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench.report.frames import RUN_COLUMNS, read_records, run_row, runs_frame
+from kdbench.report.frames import RUN_COLUMNS, frames_from_records, read_records, runs_frame
 
 COLUMNS = RUN_COLUMNS
 
 
 def load_records(runs_root: str | Path) -> pd.DataFrame:
     """Every record.json under ``runs_root`` as a row (failed runs included, with their reason); may be empty."""
-    return runs_frame([run_row(record) for record in read_records(runs_root)])
+    records = read_records(runs_root)
+    return frames_from_records(records).runs if records else runs_frame([])

@@ -31,7 +31,7 @@ def describe(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     NaN values of ``value`` are not counted (n counts the runs that have the value).
     """
     grouped = frame.groupby(by, sort=True, dropna=False)[value]
-    table = grouped.agg(mean="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
+    table = grouped.agg(mean="mean", std="std", n="count").reset_index()
     table["n"] = table["n"].astype(int)
     table["ci_low"], table["ci_high"] = t_interval(table["mean"], table["std"], table["n"])
     table["few_seeds"] = table["n"] < MIN_SEEDS

@@ -110,16 +110,6 @@ def _check_group_by(group_by: tuple[str, ...], runs: pd.DataFrame) -> list[str]:
     return list(group_by)
 
 
-def _published_for(rows: pd.DataFrame) -> pd.DataFrame:
-    """Published top-1, protocol and source for each (dataset_name, teacher_arch, arch, method) of balanced rows."""
-    reference = published_numbers().rename(columns={"dataset": "dataset_name", "teacher": "teacher_arch",
-                                                    "student": "arch", "top1": "published_top1",
-                                                    "protocol": "published_protocol", "source": "published_source"})
-    reference = reference.drop_duplicates(["dataset_name", "teacher_arch", "arch", "method"])
-    keys = ["dataset_name", "teacher_arch", "arch", "method"]
-    return rows.merge(reference, on=keys, how="left")
-
-
 def main_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Table:
     """Final-epoch top-1 per cell: mean ± std, 95% t-interval, n; best-on-validation; Δ vs kd / vanilla; published."""
     runs = table_runs(frames)
@@ -164,19 +154,25 @@ def main_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
 
 
 def _add_published(stats: pd.DataFrame, runs: pd.DataFrame, keys: list[str], notes: list[str]) -> pd.DataFrame:
-    """Published top-1 beside balanced-dataset rows whose (dataset, teacher, student, method) are in the reference."""
-    info_columns = ["dataset_name", "teacher_arch", "arch", "lt_profile"]
-    if not set(info_columns).isdisjoint(keys):
-        info_columns = [c for c in info_columns if c not in keys]
-    info = runs.groupby(keys, dropna=False)[info_columns].first().reset_index()
-    info["teacher_arch"] = np.where(info["method"] == TEACHER_LABEL, info["pair"].str.split("->").str[0],
-                                    info["teacher_arch"]) if "pair" in info else info["teacher_arch"]
-    info = _published_for(info)
-    balanced = info["lt_profile"] == "balanced"
-    for column in ("published_top1", "published_protocol", "published_source"):
-        info[column] = info[column].where(balanced, None if column != "published_top1" else np.nan)
-    stats = stats.merge(info[[*keys, "published_top1", "published_protocol", "published_source"]], on=keys,
-                        how="left")
+    """Published top-1, protocol and source beside rows of a balanced dataset whose (dataset, teacher, student,
+    method) is in the reference; only when the cells are single (dataset, pair)s, not pooled by --group-by."""
+    columns = ["published_top1", "published_protocol", "published_source"]
+    if not {"dataset", "pair", "method"} <= set(keys):
+        stats[columns[0]], stats[columns[1]], stats[columns[2]] = np.nan, None, None
+        return stats
+    info = runs.groupby(keys, dropna=False).agg(_dataset=("dataset_name", "first"),
+                                                _balanced=("lt_profile", lambda s: bool((s == "balanced").all())))
+    info = info.reset_index()
+    parts = info["pair"].str.split("->", n=1)  # the table pair names teacher and student (vanilla, teacher rows too)
+    info["_teacher"] = np.where(parts.str.len() == 2, parts.str[0], None)
+    info["_student"] = parts.str[-1]
+    reference = published_numbers().rename(columns={
+        "dataset": "_dataset", "teacher": "_teacher", "student": "_student", "top1": "published_top1",
+        "protocol": "published_protocol", "source": "published_source"})
+    reference = reference.drop_duplicates(["_dataset", "_teacher", "_student", "method"])
+    info = info.merge(reference, on=["_dataset", "_teacher", "_student", "method"], how="left")
+    info.loc[~info["_balanced"], columns] = None
+    stats = stats.merge(info[[*keys, *columns]], on=keys, how="left")
     stats["published_top1"] = stats["published_top1"].astype(float)
     sources = sorted(set(stats["published_source"].dropna()))
     if sources:
@@ -196,7 +192,7 @@ def per_class_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GR
         raise ReportError("no per-class counts in the finished runs' records; the per-class table needs them")
     counts = per_class.groupby([*cell, "class"], dropna=False)["train_count"].first().rename("train_count")
     data = per_class.groupby([*cell, "class", "method"], dropna=False)["accuracy"].agg(
-        accuracy="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
+        accuracy="mean", std="std", n="count").reset_index()
     data = data.merge(counts.reset_index(), on=[*cell, "class"], how="left")
     data = data[[*cell, "class", "train_count", "method", "accuracy", "std", "n"]]
     wide = data.pivot(index=[*cell, "class", "train_count"], columns="method", values="accuracy").reset_index()
@@ -220,7 +216,7 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
     """
     runs = table_runs(frames)
     keys = _check_group_by(group_by, runs)
-    placement = runs[["run_id", "lt_profile", *keys]].drop_duplicates()
+    placement = runs[["run_id", "lt_profile", *dict.fromkeys([*keys, "dataset"])]].drop_duplicates()
     per_class = frames.per_class[["run_id", "class", "train_count", "accuracy"]].merge(placement, on="run_id")
     notes = [rule.describe(), "group accuracy = mean of the per-class accuracies (%) in the group, per run, then "
              "mean ± std over seeds; worst = lowest per-class accuracy; gap = many − few"]
@@ -249,7 +245,7 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
     per_run = per_run.reindex(columns=list(GROUPS))
     per_run["worst"] = per_class.groupby("run_id")["accuracy"].min()
     per_run["gap"] = per_run["many"] - per_run["few"]
-    per_run = placement.drop(columns="lt_profile").merge(per_run.reset_index(), on="run_id", how="inner")
+    per_run = placement[["run_id", *keys]].merge(per_run.reset_index(), on="run_id", how="inner")
     data = None
     for metric in [*GROUPS, "worst", "gap"]:
         described = describe(per_run, keys, metric)[[*keys, "mean", "std", "n"]]
@@ -257,7 +253,10 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
         data = described if data is None else data.merge(described, on=keys, how="outer")
     data["n"] = per_run.groupby(keys, dropna=False)["run_id"].count().reindex(
         pd.MultiIndex.from_frame(data[keys])).to_numpy()
-    data["groups"] = data["dataset"].map(sizes_text) if "dataset" in data else ""
+    if "dataset" in data:
+        data["groups"] = data["dataset"].map(sizes_text)
+    else:  # datasets pooled by --group-by: list each one's split
+        data["groups"] = "; ".join(f"{name}: {text}" for name, text in sizes_text.items())
     data = _sorted(data.drop(columns=[f"{m}_n" for m in [*GROUPS, "worst", "gap"]]), keys)
     display = data[keys].copy()
     display["classes many/med/few"] = data["groups"]
@@ -280,7 +279,7 @@ def cost_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
     grouped = students.groupby(keys, dropna=False)
     data = grouped.agg(extra_params=("extra_params", "max"), student_params=("student_params", "max"),
                        seconds_per_epoch=("seconds_per_epoch", "mean"),
-                       seconds_per_epoch_std=("seconds_per_epoch", lambda s: s.std(ddof=1)),
+                       seconds_per_epoch_std=("seconds_per_epoch", "std"),
                        images_per_s=("images_per_s", "mean"), peak_memory_mb=("peak_memory_mb", "max"),
                        n=("run_id", "count")).reset_index()
     data = _sorted(data, keys)

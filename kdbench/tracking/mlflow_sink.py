@@ -1,4 +1,6 @@
-"""The MLflow sink: params, per-epoch metrics, final metrics and the per-class table of each run.
+"""The MLflow sink: params, per-epoch metrics, final metrics, record tags and the per-class table of each run.
+
+Enough is logged for `kdbench report --from-mlflow` to rebuild every table from the store alone.
 
 A tracking failure is logged and never fails a run: the run record is the source of truth.
 """
@@ -6,6 +8,7 @@ A tracking failure is logged and never fails a run: the run record is the source
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import tempfile
 import time
@@ -17,6 +20,35 @@ from kdbench.tracking.record import EpochLog, RunRecord
 log = logging.getLogger(__name__)
 
 RUN_ID_TAG = "kdbench.run_id"
+PER_CLASS_ARTIFACT = "per_class.csv"
+# What a report needs beyond params and epoch metrics (kdbench report --from-mlflow), logged when a run ends.
+RECORD_TAGS = ("grid", "status", "stage", "method", "label", "arch", "pair", "dataset")
+RECORD_METRICS = ("num_classes", "student_params", "extra_params", "peak_memory_bytes", "seed", "subset_seed")
+
+
+def record_tags(record: RunRecord) -> dict[str, str]:
+    """kdbench.<field> tags of a finished or failed run (grid, status, labels, teacher, method params)."""
+    tags = {f"kdbench.{name}": str(getattr(record, name)) for name in RECORD_TAGS}
+    tags["kdbench.method_params"] = json.dumps(record.spec.get("params") or {}, sort_keys=True)
+    if record.teacher is not None:
+        tags["kdbench.teacher_run_id"] = record.teacher.run_id
+    return tags
+
+
+def record_metrics(record: RunRecord) -> dict[str, float]:
+    """Final, best-on-validation, size, memory and teacher metrics of a run (absent values are left out)."""
+    values: dict[str, float] = {}
+    if record.final is not None:
+        values.update({f"final_{key}": getattr(record.final, key) for key in ("top1", "top5", "balanced_acc")})
+    if record.best_val is not None:
+        values.update(best_val_top1=record.best_val.val_top1, best_val_test_top1=record.best_val.test.top1,
+                      best_val_epoch=record.best_val.epoch)
+    for name in RECORD_METRICS:
+        if getattr(record, name) is not None:
+            values[name] = getattr(record, name)
+    if record.teacher is not None:
+        values["teacher_top1"] = record.teacher.top1
+    return {key: float(value) for key, value in values.items()}
 
 
 def default_tracking_uri(results_root: str | Path) -> str:
@@ -113,19 +145,14 @@ class MlflowSink:
         """Log final metrics and the per-class table, then close the MLflow run."""
 
         def finish() -> None:
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric, RunTag
 
             now = int(time.time() * 1000)
-            metrics = []
             if record.final is not None:
-                for key in ("top1", "top5", "balanced_acc"):
-                    metrics.append(Metric(f"final_{key}", getattr(record.final, key), now, 0))
                 self._log_per_class(record)
-            if record.best_val is not None:
-                metrics.append(Metric("best_val_top1", record.best_val.val_top1, now, 0))
-                metrics.append(Metric("best_val_test_top1", record.best_val.test.top1, now, 0))
-            if metrics:
-                self._client.log_batch(self._mlflow_run_id, metrics=metrics)
+            metrics = [Metric(key, value, now, 0) for key, value in record_metrics(record).items()]
+            tags = [RunTag(key, value[:5000]) for key, value in record_tags(record).items()]
+            self._client.log_batch(self._mlflow_run_id, metrics=metrics, tags=tags)
             if record.reason:
                 self._client.set_tag(self._mlflow_run_id, "kdbench.failure", record.reason[:5000])
             status = "FINISHED" if record.status == "done" else "FAILED"
@@ -136,7 +163,7 @@ class MlflowSink:
     def _log_per_class(self, record: RunRecord) -> None:
         assert record.final is not None
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "per_class.csv"
+            path = Path(folder) / PER_CLASS_ARTIFACT
             with path.open("w", newline="") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["class", "train_count", "test_correct", "test_total", "test_accuracy"])
