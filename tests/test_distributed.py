@@ -101,7 +101,7 @@ def test_torch_launcher_variables():
 
 def test_slurm_variables_give_rank_host_and_port_from_the_job_id():
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu[07-09,12],cpu1"}
+           "SLURM_JOB_NODELIST": "gpu[07-09,12],cpu1", "SLURM_STEP_NUM_TASKS": "8"}
     info = dist_info_from_env(env)
     assert (info.rank, info.world_size, info.local_rank, info.source) == (5, 8, 1, "slurm")
     assert info.master_port == SLURM_PORT_BASE + 123456 % SLURM_PORT_SPAN
@@ -112,7 +112,11 @@ def test_slurm_variables_give_rank_host_and_port_from_the_job_id():
 
 def test_one_process_needs_nothing():
     assert not dist_info_from_env({}).distributed
-    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "x"}).distributed
+    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1",
+                                   "SLURM_JOB_NODELIST": "x"}).distributed
+    # an sbatch script (the batch step, not an srun step) has these too, and is one process
+    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7",
+                                   "SLURM_JOB_NODELIST": "x"}).distributed
     assert dist_info_from_env({"RANK": "0", "WORLD_SIZE": "1"}).is_main
 
 
@@ -120,7 +124,7 @@ def test_bad_environments_name_the_variable():
     with pytest.raises(DistributedSetupError, match="MASTER_ADDR, MASTER_PORT is not set"):
         dist_info_from_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(DistributedSetupError, match=r"SLURM_NTASKS='two' must be an integer"):
-        dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "two"})
+        dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "two", "SLURM_STEP_NUM_TASKS": "2"})
     with pytest.raises(DistributedSetupError, match="rank 2 is not in a world of size 2"):
         dist_info_from_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
 
@@ -146,7 +150,8 @@ GRID = {
     "pairs": [{"teacher": "cnn_small", "student": "mlp_800x2"}],
     "methods": [{"name": "crd", "params": {"nce_k": 8, "feat_dim": 16}}],
     "seeds": [0],
-    "recipe": {"epochs": 2, "batch_size": 15, "lr": 0.02, "milestones": [1], "eval_batch_size": 64},  # shards of 8 and 7
+    # an odd global batch: shards of 8 and 7 images, so the loss scaling by shard size matters
+    "recipe": {"epochs": 2, "batch_size": 15, "lr": 0.02, "milestones": [1], "eval_batch_size": 64},
     "executor": {"kind": "local", "device": "cpu"},
     "tracking": {"mlflow": False},
 }
@@ -170,7 +175,8 @@ def _slurm_task_env(rank: int, job_id: int) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("SLURM_") and key not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT"}}
-    return env | {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
+    return env | {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+                  "SLURM_LOCALID": str(rank), "SLURM_STEP_ID": "0",
                   "SLURM_JOB_ID": str(job_id), "SLURM_JOB_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1",
                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])}
 
