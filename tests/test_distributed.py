@@ -241,3 +241,41 @@ def test_two_gloo_processes_train_like_one(tmp_path):
         assert torch.equal(states[0][name], states[1][name]), name
         torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert int(states[0]["queue_ptr"]) == GLOBAL_BATCH
+
+
+SRUN_TASK = """
+import json, os, torch
+from kdbench.engine.distributed import all_gather_rows, all_reduce_sum, init_distributed
+info = init_distributed(torch.device("cpu"))
+total = all_reduce_sum(torch.tensor([info.rank + 1.0]))
+rows = all_gather_rows(torch.full((info.rank + 1, 2), float(info.rank)))
+print("TASK", json.dumps({"rank": info.rank, "world": info.world_size, "local": info.local_rank,
+                          "source": info.source, "addr": info.master_addr, "total": total.item(),
+                          "rows": rows[:, 0].tolist(), "step_nodes": os.environ["SLURM_STEP_NODELIST"]}))
+"""
+
+
+def _slurm_is_up() -> bool:
+    if not (shutil.which("srun") and shutil.which("sinfo")):
+        return False
+    answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=30)
+    return answer.returncode == 0 and "up" in answer.stdout
+
+
+@pytest.mark.slow
+def test_srun_tasks_join_one_gloo_group():
+    """Two tasks launched by the real srun find each other from Slurm's variables alone (gloo, CPU)."""
+    if not _slurm_is_up():
+        pytest.skip("no Slurm cluster answering (bring one up with slurm/local-cluster.sh up)")
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", "--time=5", "--immediate=120",
+                           sys.executable, "-c", SRUN_TASK], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tasks = sorted((json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
+                    if line.startswith("TASK ")), key=lambda task: task["rank"])
+    assert [(t["rank"], t["world"], t["local"], t["source"]) for t in tasks] == [(0, 2, 0, "slurm"), (1, 2, 1, "slurm")]
+    assert {t["addr"] for t in tasks} == {first_host(tasks[0]["step_nodes"])}
+    assert [t["total"] for t in tasks] == [3.0, 3.0]  # 1 + 2
+    assert [t["rows"] for t in tasks] == [[0.0, 1.0, 1.0]] * 2  # 1 row from rank 0, 2 from rank 1, in rank order
