@@ -181,20 +181,57 @@ def _slurm_task_env(rank: int, job_id: int) -> dict[str, str]:
                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])}
 
 
+class StopAfterFirstEpoch:
+    """A run observer that interrupts the run once its first epoch is checkpointed (as a kill would)."""
+
+    def on_start(self, run_id, run_name, spec, resumed_epoch) -> None:
+        pass
+
+    def on_epoch(self, entry) -> None:
+        raise RuntimeError("interrupted after epoch 1 on purpose")
+
+    def on_end(self, record) -> None:
+        pass
+
+
+def _assert_trains_like(one, other) -> None:
+    """``other`` has ``one``'s per-epoch loss terms and final metrics within the tolerance explained below."""
+    # Tolerance: the student has no BatchNorm, so the two ranks' shard losses, scaled by shard size and averaged,
+    # give the global batch's gradient; the CRD banks, Z and contrast indices are the global batch's too. What
+    # remains is float summation order (two half-batch sums + an all-reduce instead of one sum), ~1e-7 relative
+    # per step; over 14 SGD steps that stays far below 1e-3 on the loss terms, and cannot move top-1 by more
+    # than one of the 40 test images (a logit tie broken differently).
+    for a, b in zip(one.history, other.history, strict=True):
+        assert a.train.keys() == b.train.keys()
+        for name in a.train:
+            tolerance = 100 / 96 + 1e-9 if name == "top1" else 1e-4  # train top-1: one of 96 images
+            assert b.train[name] == pytest.approx(a.train[name], rel=1e-3, abs=tolerance), name
+    assert abs(other.final.top1 - one.final.top1) <= 100 / 40 + 1e-9
+    assert other.final.per_class_total == one.final.per_class_total and other.final.num_images == 40
+    assert other.final.loss == pytest.approx(one.final.loss, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_train_like_one(tmp_path):
-    """2 Slurm-style tasks: one record, rank 0 alone observed, metrics and CRD/RRD state as one process's."""
+    """2 Slurm-style tasks: one record, rank 0 alone observed, metrics and CRD/RRD state as one process's; a run
+    interrupted in one process resumes on two from its checkpoint and ends as the uninterrupted run."""
     specs = expand_grid(parse_grid(GRID))
     teacher = next(s for s in specs if s.stage == "teacher")
     student = next(s for s in specs if s.stage == "student")
-    single_root, multi_root, out = tmp_path / "single", tmp_path / "multi", tmp_path / "out"
+    single_root, multi_root, resume_root = tmp_path / "single", tmp_path / "multi", tmp_path / "resume"
+    out = tmp_path / "out"
     out.mkdir()
     assert train_run(RunJob(spec=teacher, runs_root=single_root, grid="ddp", device="cpu")).status == "done"
     shutil.copytree(single_root / teacher.run_id, multi_root / teacher.run_id)
+    shutil.copytree(single_root / teacher.run_id, resume_root / teacher.run_id)
     one = train_run(RunJob(spec=student, runs_root=single_root, grid="ddp", device="cpu"))
     assert one.status == "done", one.traceback
+    cut = train_run(RunJob(spec=student, runs_root=resume_root, grid="ddp", device="cpu",
+                           observers=[StopAfterFirstEpoch()]))
+    assert cut.status == "failed" and (resume_root / student.run_id / "checkpoint.pt").is_file()
 
-    jobs = [RunJob(spec=student, runs_root=multi_root, grid="ddp", device="cpu", observers=[RankMarker(str(out))])]
+    jobs = [RunJob(spec=student, runs_root=multi_root, grid="ddp", device="cpu", observers=[RankMarker(str(out))]),
+            RunJob(spec=student, runs_root=resume_root, grid="ddp", device="cpu")]
     (tmp_path / "jobs.pkl").write_bytes(pickle.dumps(jobs))
     job_id = _free_slurm_port()
     tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
@@ -215,24 +252,19 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     two = read_record(multi_root / student.run_id)
     assert two is not None and two.status == "done", two.traceback if two else "no record"
     assert views[0]["records"][0] == views[1]["records"][0] == two.model_dump(mode="json")
+    assert views[0]["records"][1] == views[1]["records"][1]
     assert two.provenance["world_size"] == 2 and "world_size" not in one.provenance
     assert sorted(p.name for p in out.glob("observed-*")) == [
         "observed-end-rank0", "observed-epoch-rank0", "observed-start-rank0"]
     assert not (multi_root / student.run_id / "checkpoint.pt").exists()
 
-    # Tolerance: the student has no BatchNorm, so the two ranks' shard losses, scaled by shard size and averaged,
-    # give the global batch's gradient; the CRD banks, Z and contrast indices are the global batch's too. What
-    # remains is float summation order (two half-batch sums + an all-reduce instead of one sum), ~1e-7 relative
-    # per step; over 12 SGD steps that stays far below 1e-3 on the loss terms, and cannot move top-1 by more
-    # than one of the 40 test images (a logit tie broken differently).
-    for a, b in zip(one.history, two.history, strict=True):
-        assert a.train.keys() == b.train.keys()
-        for name in a.train:
-            tolerance = 100 / 96 + 1e-9 if name == "top1" else 1e-4  # train top-1: one of 96 images
-            assert b.train[name] == pytest.approx(a.train[name], rel=1e-3, abs=tolerance), name
-    assert abs(two.final.top1 - one.final.top1) <= 100 / 40 + 1e-9
-    assert two.final.per_class_total == one.final.per_class_total and two.final.num_images == 40
-    assert two.final.loss == pytest.approx(one.final.loss, rel=1e-3)
+    _assert_trains_like(one, two)
+
+    # both ranks resumed from the one-process checkpoint after epoch 1 and trained epoch 2 together
+    resumed = read_record(resume_root / student.run_id)
+    assert resumed is not None and resumed.status == "done", resumed.traceback if resumed else "no record"
+    assert resumed.provenance["resumed_after_epochs"] == [1] and resumed.provenance["world_size"] == 2
+    _assert_trains_like(one, resumed)
 
     # CRD banks and Z, RRD queue: identical on both ranks, and the one-process update of the global batch
     states = [torch.load(out / f"state-rank{rank}.pt") for rank in range(2)]
