@@ -24,8 +24,12 @@ from kdbench.engine.distributed import (
     SLURM_PORT_BASE,
     SLURM_PORT_SPAN,
     DistributedSetupError,
+    all_gather_rows,
+    all_reduce_sum,
+    average_gradients,
     dist_info_from_env,
     first_host,
+    init_distributed,
 )
 from kdbench.grid import expand_grid
 from kdbench.tracking import read_record
@@ -138,6 +142,18 @@ def test_first_host_of_a_slurm_node_list(nodelist, host):
         done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
         if done.returncode == 0:
             assert done.stdout.split()[0] == host
+
+
+def test_one_process_joins_no_group_and_the_helpers_return_their_input():
+    info = init_distributed(torch.device("cpu"), env={})
+    assert not info.distributed and info.is_main and not torch.distributed.is_initialized()
+    rows = torch.arange(6.0).view(3, 2)
+    assert all_gather_rows(rows) is rows and all_reduce_sum(rows) is rows
+    layer = torch.nn.Linear(2, 1)
+    layer(rows).sum().backward()
+    before = layer.weight.grad.clone()
+    average_gradients(layer.parameters())
+    assert torch.equal(layer.weight.grad, before)
 
 
 # --- two real processes (gloo) against one -----------------------------------------------------------------------
