@@ -24,8 +24,12 @@ from kdbench.engine.distributed import (
     SLURM_PORT_BASE,
     SLURM_PORT_SPAN,
     DistributedSetupError,
+    all_gather_rows,
+    all_reduce_sum,
+    average_gradients,
     dist_info_from_env,
     first_host,
+    init_distributed,
 )
 from kdbench.grid import expand_grid
 from kdbench.tracking import read_record
@@ -101,7 +105,7 @@ def test_torch_launcher_variables():
 
 def test_slurm_variables_give_rank_host_and_port_from_the_job_id():
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu[07-09,12],cpu1"}
+           "SLURM_JOB_NODELIST": "gpu[07-09,12],cpu1", "SLURM_STEP_NUM_TASKS": "8"}
     info = dist_info_from_env(env)
     assert (info.rank, info.world_size, info.local_rank, info.source) == (5, 8, 1, "slurm")
     assert info.master_port == SLURM_PORT_BASE + 123456 % SLURM_PORT_SPAN
@@ -112,7 +116,11 @@ def test_slurm_variables_give_rank_host_and_port_from_the_job_id():
 
 def test_one_process_needs_nothing():
     assert not dist_info_from_env({}).distributed
-    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "x"}).distributed
+    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1",
+                                   "SLURM_JOB_NODELIST": "x"}).distributed
+    # an sbatch script (the batch step, not an srun step) has these too, and is one process
+    assert not dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7",
+                                   "SLURM_JOB_NODELIST": "x"}).distributed
     assert dist_info_from_env({"RANK": "0", "WORLD_SIZE": "1"}).is_main
 
 
@@ -120,7 +128,7 @@ def test_bad_environments_name_the_variable():
     with pytest.raises(DistributedSetupError, match="MASTER_ADDR, MASTER_PORT is not set"):
         dist_info_from_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(DistributedSetupError, match=r"SLURM_NTASKS='two' must be an integer"):
-        dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "two"})
+        dist_info_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "two", "SLURM_STEP_NUM_TASKS": "2"})
     with pytest.raises(DistributedSetupError, match="rank 2 is not in a world of size 2"):
         dist_info_from_env({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
 
@@ -136,6 +144,18 @@ def test_first_host_of_a_slurm_node_list(nodelist, host):
             assert done.stdout.split()[0] == host
 
 
+def test_one_process_joins_no_group_and_the_helpers_return_their_input():
+    info = init_distributed(torch.device("cpu"), env={})
+    assert not info.distributed and info.is_main and not torch.distributed.is_initialized()
+    rows = torch.arange(6.0).view(3, 2)
+    assert all_gather_rows(rows) is rows and all_reduce_sum(rows) is rows
+    layer = torch.nn.Linear(2, 1)
+    layer(rows).sum().backward()
+    before = layer.weight.grad.clone()
+    average_gradients(layer.parameters())
+    assert torch.equal(layer.weight.grad, before)
+
+
 # --- two real processes (gloo) against one -----------------------------------------------------------------------
 
 GRID = {
@@ -146,7 +166,8 @@ GRID = {
     "pairs": [{"teacher": "cnn_small", "student": "mlp_800x2"}],
     "methods": [{"name": "crd", "params": {"nce_k": 8, "feat_dim": 16}}],
     "seeds": [0],
-    "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "eval_batch_size": 64},
+    # an odd global batch: shards of 8 and 7 images, so the loss scaling by shard size matters
+    "recipe": {"epochs": 2, "batch_size": 15, "lr": 0.02, "milestones": [1], "eval_batch_size": 64},
     "executor": {"kind": "local", "device": "cpu"},
     "tracking": {"mlflow": False},
 }
@@ -170,25 +191,63 @@ def _slurm_task_env(rank: int, job_id: int) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("SLURM_") and key not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT"}}
-    return env | {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(rank),
+    return env | {"SLURM_PROCID": str(rank), "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2",
+                  "SLURM_LOCALID": str(rank), "SLURM_STEP_ID": "0",
                   "SLURM_JOB_ID": str(job_id), "SLURM_JOB_NODELIST": "localhost", "SLURM_CPUS_PER_TASK": "1",
                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])}
 
 
+class StopAfterFirstEpoch:
+    """A run observer that interrupts the run once its first epoch is checkpointed (as a kill would)."""
+
+    def on_start(self, run_id, run_name, spec, resumed_epoch) -> None:
+        pass
+
+    def on_epoch(self, entry) -> None:
+        raise RuntimeError("interrupted after epoch 1 on purpose")
+
+    def on_end(self, record) -> None:
+        pass
+
+
+def _assert_trains_like(one, other) -> None:
+    """``other`` has ``one``'s per-epoch loss terms and final metrics within the tolerance explained below."""
+    # Tolerance: the student has no BatchNorm, so the two ranks' shard losses, scaled by shard size and averaged,
+    # give the global batch's gradient; the CRD banks, Z and contrast indices are the global batch's too. What
+    # remains is float summation order (two half-batch sums + an all-reduce instead of one sum), ~1e-7 relative
+    # per step; over 14 SGD steps that stays far below 1e-3 on the loss terms, and cannot move top-1 by more
+    # than one of the 40 test images (a logit tie broken differently).
+    for a, b in zip(one.history, other.history, strict=True):
+        assert a.train.keys() == b.train.keys()
+        for name in a.train:
+            tolerance = 100 / 96 + 1e-9 if name == "top1" else 1e-4  # train top-1: one of 96 images
+            assert b.train[name] == pytest.approx(a.train[name], rel=1e-3, abs=tolerance), name
+    assert abs(other.final.top1 - one.final.top1) <= 100 / 40 + 1e-9
+    assert other.final.per_class_total == one.final.per_class_total and other.final.num_images == 40
+    assert other.final.loss == pytest.approx(one.final.loss, rel=1e-3)
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_train_like_one(tmp_path):
-    """2 Slurm-style tasks: one record, rank 0 alone observed, metrics and CRD/RRD state as one process's."""
+    """2 Slurm-style tasks: one record, rank 0 alone observed, metrics and CRD/RRD state as one process's; a run
+    interrupted in one process resumes on two from its checkpoint and ends as the uninterrupted run."""
     specs = expand_grid(parse_grid(GRID))
     teacher = next(s for s in specs if s.stage == "teacher")
     student = next(s for s in specs if s.stage == "student")
-    single_root, multi_root, out = tmp_path / "single", tmp_path / "multi", tmp_path / "out"
+    single_root, multi_root, resume_root = tmp_path / "single", tmp_path / "multi", tmp_path / "resume"
+    out = tmp_path / "out"
     out.mkdir()
     assert train_run(RunJob(spec=teacher, runs_root=single_root, grid="ddp", device="cpu")).status == "done"
     shutil.copytree(single_root / teacher.run_id, multi_root / teacher.run_id)
+    shutil.copytree(single_root / teacher.run_id, resume_root / teacher.run_id)
     one = train_run(RunJob(spec=student, runs_root=single_root, grid="ddp", device="cpu"))
     assert one.status == "done", one.traceback
+    cut = train_run(RunJob(spec=student, runs_root=resume_root, grid="ddp", device="cpu",
+                           observers=[StopAfterFirstEpoch()]))
+    assert cut.status == "failed" and (resume_root / student.run_id / "checkpoint.pt").is_file()
 
-    jobs = [RunJob(spec=student, runs_root=multi_root, grid="ddp", device="cpu", observers=[RankMarker(str(out))])]
+    jobs = [RunJob(spec=student, runs_root=multi_root, grid="ddp", device="cpu", observers=[RankMarker(str(out))]),
+            RunJob(spec=student, runs_root=resume_root, grid="ddp", device="cpu")]
     (tmp_path / "jobs.pkl").write_bytes(pickle.dumps(jobs))
     job_id = _free_slurm_port()
     tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
@@ -209,24 +268,19 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     two = read_record(multi_root / student.run_id)
     assert two is not None and two.status == "done", two.traceback if two else "no record"
     assert views[0]["records"][0] == views[1]["records"][0] == two.model_dump(mode="json")
+    assert views[0]["records"][1] == views[1]["records"][1]
     assert two.provenance["world_size"] == 2 and "world_size" not in one.provenance
     assert sorted(p.name for p in out.glob("observed-*")) == [
         "observed-end-rank0", "observed-epoch-rank0", "observed-start-rank0"]
     assert not (multi_root / student.run_id / "checkpoint.pt").exists()
 
-    # Tolerance: the student has no BatchNorm, so the two ranks' shard losses, scaled by shard size and averaged,
-    # give the global batch's gradient; the CRD banks, Z and contrast indices are the global batch's too. What
-    # remains is float summation order (two half-batch sums + an all-reduce instead of one sum), ~1e-7 relative
-    # per step; over 12 SGD steps that stays far below 1e-3 on the loss terms, and cannot move top-1 by more
-    # than one of the 40 test images (a logit tie broken differently).
-    for a, b in zip(one.history, two.history, strict=True):
-        assert a.train.keys() == b.train.keys()
-        for name in a.train:
-            tolerance = 100 / 96 + 1e-9 if name == "top1" else 1e-4  # train top-1: one of 96 images
-            assert b.train[name] == pytest.approx(a.train[name], rel=1e-3, abs=tolerance), name
-    assert abs(two.final.top1 - one.final.top1) <= 100 / 40 + 1e-9
-    assert two.final.per_class_total == one.final.per_class_total and two.final.num_images == 40
-    assert two.final.loss == pytest.approx(one.final.loss, rel=1e-3)
+    _assert_trains_like(one, two)
+
+    # both ranks resumed from the one-process checkpoint after epoch 1 and trained epoch 2 together
+    resumed = read_record(resume_root / student.run_id)
+    assert resumed is not None and resumed.status == "done", resumed.traceback if resumed else "no record"
+    assert resumed.provenance["resumed_after_epochs"] == [1] and resumed.provenance["world_size"] == 2
+    _assert_trains_like(one, resumed)
 
     # CRD banks and Z, RRD queue: identical on both ranks, and the one-process update of the global batch
     states = [torch.load(out / f"state-rank{rank}.pt") for rank in range(2)]
@@ -235,3 +289,41 @@ def test_two_gloo_processes_train_like_one(tmp_path):
         assert torch.equal(states[0][name], states[1][name]), name
         torch.testing.assert_close(states[0][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert int(states[0]["queue_ptr"]) == GLOBAL_BATCH
+
+
+SRUN_TASK = """
+import json, os, torch
+from kdbench.engine.distributed import all_gather_rows, all_reduce_sum, init_distributed
+info = init_distributed(torch.device("cpu"))
+total = all_reduce_sum(torch.tensor([info.rank + 1.0]))
+rows = all_gather_rows(torch.full((info.rank + 1, 2), float(info.rank)))
+print("TASK", json.dumps({"rank": info.rank, "world": info.world_size, "local": info.local_rank,
+                          "source": info.source, "addr": info.master_addr, "total": total.item(),
+                          "rows": rows[:, 0].tolist(), "step_nodes": os.environ["SLURM_STEP_NODELIST"]}))
+"""
+
+
+def _slurm_is_up() -> bool:
+    if not (shutil.which("srun") and shutil.which("sinfo")):
+        return False
+    answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=30)
+    return answer.returncode == 0 and "up" in answer.stdout
+
+
+@pytest.mark.slow
+def test_srun_tasks_join_one_gloo_group():
+    """Two tasks launched by the real srun find each other from Slurm's variables alone (gloo, CPU)."""
+    if not _slurm_is_up():
+        pytest.skip("no Slurm cluster answering (bring one up with slurm/local-cluster.sh up)")
+    env = {key: value for key, value in os.environ.items()
+           if key not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", "--time=5", "--immediate=120",
+                           sys.executable, "-c", SRUN_TASK], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    tasks = sorted((json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
+                    if line.startswith("TASK ")), key=lambda task: task["rank"])
+    assert [(t["rank"], t["world"], t["local"], t["source"]) for t in tasks] == [(0, 2, 0, "slurm"), (1, 2, 1, "slurm")]
+    assert {t["addr"] for t in tasks} == {first_host(tasks[0]["step_nodes"])}
+    assert [t["total"] for t in tasks] == [3.0, 3.0]  # 1 + 2
+    assert [t["rows"] for t in tasks] == [[0.0, 1.0, 1.0]] * 2  # 1 row from rank 0, 2 from rank 1, in rank order

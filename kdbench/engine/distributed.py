@@ -2,11 +2,12 @@
 the engine and stateful methods need.
 
 Launchers. torchrun (or any launcher exporting RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) is read
-first; otherwise Slurm's task variables (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID): the rendezvous host is the
-first node of the step (SLURM_STEP_NODELIST, else SLURM_JOB_NODELIST, expanded by ``scontrol show hostnames`` or
-``first_host``) and the port is derived from SLURM_JOB_ID unless MASTER_ADDR / MASTER_PORT are set. A world of
-one process initialises nothing: every helper below is then a no-op returning its input, so a single process
-pays nothing.
+first; otherwise Slurm's task variables (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID), inside an srun step only
+(one that sets SLURM_STEP_NUM_TASKS: the batch script itself also carries SLURM_PROCID=0 and SLURM_NTASKS=N, yet
+is one process and stays so). The rendezvous host is then the first node of the step (SLURM_STEP_NODELIST, else
+SLURM_JOB_NODELIST, expanded by ``scontrol show hostnames`` or ``first_host``) and the port is derived from
+SLURM_JOB_ID, unless MASTER_ADDR / MASTER_PORT are set. A world of one process initialises nothing: every helper
+below is then a no-op returning its input, so a single process pays nothing.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
                                             "launch with torchrun or export them")
         info = DistInfo(rank, world, local, env.get("MASTER_ADDR", ""),
                         _int_var(env, "MASTER_PORT") if env.get("MASTER_PORT") else 0, "torch")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "SLURM_STEP_NUM_TASKS" in env:
         rank, world = _int_var(env, "SLURM_PROCID"), _int_var(env, "SLURM_NTASKS")
         local = _int_var(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         if world <= 1:
