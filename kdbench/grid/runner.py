@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kdbench.config import GridConfig
+from kdbench.config import ConfigError, GridConfig
 from kdbench.engine import RunJob
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import expand_grid
@@ -110,6 +110,9 @@ def archive_failed(run_dir: Path) -> None:
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
              rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
     """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+    if (executor or grid.executor.kind) == "slurm":
+        raise ConfigError("executor 'slurm' submits and returns: use kdbench.grid.slurm_submit.submit_grid "
+                          "(`kdbench run GRID --executor slurm` does)")
     started = time.perf_counter()
     paths, planned = plan_grid(grid, results_root)
     target = prepare_results(grid, grid_text, paths)
