@@ -83,6 +83,9 @@ def submitted(tmp_path_factory):
         "requeue": _grid(tmp, "slurm_requeue", plugins=[PLUGIN], methods=["slow_ce"], seeds=[0], datasets=[DATA],
                          recipe={**BASE["recipe"], "epochs": 20, "milestones": [10]},
                          cluster={**CLUSTER, "time": 2, "signal_delay_s": 30, "max_requeues": 6}),
+        # Sleeps 1 s per step (in every first attempt): still running when the test kills it hard.
+        "killed": _grid(tmp, "slurm_killed", plugins=[PLUGIN], methods=["slow_ce"], seeds=[1], datasets=[DATA],
+                        recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]}),
     }
     os.environ[SLEEP_ENV] = "1"  # captured by sbatch with the submitting environment
     try:
@@ -94,6 +97,29 @@ def submitted(tmp_path_factory):
 
 def _wait(grid):
     return wait_for_grid(grid, poll_s=3, timeout_s=WAIT_S)
+
+
+def test_run_killed_hard_resumes_on_the_next_kdbench_run(submitted):
+    from kdbench.engine.checkpoint import CHECKPOINT_NAME
+
+    grids, _ = submitted
+    grid = grids["killed"]
+    paths, planned = plan_grid(grid)
+    checkpoint = paths.runs_root / planned[0].spec.run_id / CHECKPOINT_NAME
+    deadline = time.monotonic() + WAIT_S
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert checkpoint.is_file(), "the run never saved an epoch checkpoint"
+    job_id = read_manifests(paths.grid_dir)[0].entries[0].job_id
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)  # no chance to requeue
+    states = _wait(grid)
+    assert states[0].state == "interrupted" and states[0].slurm_state != "COMPLETED"
+
+    again = submit_grid(grid, "# killed")  # no sleeping this time: SLEEP_ENV is unset now
+    assert again.total == 1
+    states = _wait(grid)
+    assert [s.state for s in states] == ["done"], [s.error_tail for s in states]
+    assert states[0].run.record.provenance["resumed_after_epochs"][0] >= 1
 
 
 def test_grid_submits_teacher_then_student_arrays_and_completes(submitted):
