@@ -103,6 +103,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         require_sbatch()
     planned = _print_plan(grid, args.results)
     if args.dry_run:
+        if (args.executor or grid.executor.kind) == "slurm":
+            from kdbench.clusterconf import ClusterConfig
+            from kdbench.grid.slurm_submit import time_limit_warnings
+
+            for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
+                print(f"warning: {warning}")
         for run in planned:
             print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
         return EXIT_OK

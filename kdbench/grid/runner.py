@@ -115,6 +115,9 @@ def archive_failed(run_dir: Path) -> None:
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
              rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
     """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+    if (executor or grid.executor.kind) == "slurm":
+        raise ConfigError("executor 'slurm' submits and returns: use kdbench.grid.slurm_submit.submit_grid "
+                          "(`kdbench run GRID --executor slurm` does)")
     started = time.perf_counter()
     # Launched as N processes (torchrun, srun): every rank walks the same runs in the same order and trains each
     # together; only rank 0 writes the grid's files (the engine does the same for each run).
