@@ -78,11 +78,12 @@ def submitted(tmp_path_factory):
         "main": _grid(tmp, "slurm_main"),
         "fails": _grid(tmp, "slurm_fails", plugins=[PLUGIN], methods=["explodes", "vanilla"], seeds=[0],
                        datasets=[DATA]),
-        # 20 epochs × 6 steps × 1 s of sleep in the first attempt: far past the signal at 30–90 s of a 2-minute
-        # limit with a 30 s signal delay; the requeued attempt does not sleep and resumes from its last epoch.
+        # 30 epochs × 6 steps × 1 s of sleep in the first attempt: past the signal of a 3-minute limit with a 30 s
+        # delay (Slurm sends it up to a minute early: 90–150 s in, after the first epochs even on a loaded machine);
+        # the requeued attempt does not sleep and resumes from its last epoch.
         "requeue": _grid(tmp, "slurm_requeue", plugins=[PLUGIN], methods=["slow_ce"], seeds=[0], datasets=[DATA],
-                         recipe={**BASE["recipe"], "epochs": 20, "milestones": [10]},
-                         cluster={**CLUSTER, "time": 2, "signal_delay_s": 30, "max_requeues": 6}),
+                         recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]},
+                         cluster={**CLUSTER, "time": 3, "signal_delay_s": 30, "max_requeues": 6}),
         # Sleeps 1 s per step (in every first attempt): still running when the test kills it hard.
         "killed": _grid(tmp, "slurm_killed", plugins=[PLUGIN], methods=["slow_ce"], seeds=[1], datasets=[DATA],
                         recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]}),
@@ -169,7 +170,10 @@ def test_time_limit_requeues_and_resumes_to_the_same_result(submitted, tmp_path)
     states = _wait(grid)
     assert [s.state for s in states] == ["done"], [s.error_tail for s in states]
     record = states[0].run.record
-    assert record.provenance["resumed_after_epochs"], "the run was never interrupted and resumed"
+    manifest = read_manifests(grid_paths(grid).grid_dir)[0]
+    job_log = Path(manifest.folder).glob(f"{manifest.entries[0].job_id}_0_log.out")
+    assert "Caught signal SIGUSR2" in next(job_log).read_text(), "Slurm never sent the time-limit signal"
+    assert record.provenance["resumed_after_epochs"][0] >= 1, "the requeued run did not resume from an epoch"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the Slurm job (cpus_per_task 1): the same summation order
     try:
