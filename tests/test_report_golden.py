@@ -179,3 +179,13 @@ def test_csv_round_trip(golden_frames, tmp_path):
     [path] = write_table(table, tmp_path, ("csv",))
     back = pd.read_csv(path)
     assert back["mean"].tolist() == pytest.approx(table.data["mean"].tolist())
+
+
+def test_paired_t_degenerate_cases():
+    from kdbench.report.stats import paired_t, t_interval
+
+    p = paired_t([0.0, 2.0, 2.0, 1.0], [0.0, 0.0, float("nan"), 1.0], [3, 3, 1, 3])
+    assert p[0] == 1.0 and p[1] == 0.0 and math.isnan(p[2])  # all-equal differences; a single pair
+    assert p[3] == pytest.approx(p_df2(math.sqrt(3)))
+    low, high = t_interval([5.0], [2.0], [3])
+    assert (low[0], high[0]) == (pytest.approx(5.0 - T2 * 2 / math.sqrt(3)), pytest.approx(5.0 + T2 * 2 / math.sqrt(3)))

@@ -9,6 +9,7 @@ the newest one counts.
 from __future__ import annotations
 
 import csv
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ def _per_class(client, run) -> tuple[list, list, list]:
 
 def frames_from_mlflow(uri: str, experiment: str) -> ReportFrames:
     """The runs, per-class and curves frames of the ended runs of ``experiment`` in the store at ``uri``."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run would flood stderr
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
