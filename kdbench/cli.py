@@ -1,4 +1,4 @@
-"""The kdbench command line: run | status | report | plot | methods | models (thin: parse, call, print)."""
+"""The kdbench command line: run | status | cancel | report | plot | methods | models (thin: parse, call, print)."""
 
 from __future__ import annotations
 
@@ -60,12 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="train every teacher and student of a grid that is not done yet")
     _add_grid_arguments(run)
-    run.add_argument("--executor", choices=["local", "debug"], help="override the grid's executor")
+    run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the grid's executor")
+    run.add_argument("--wait", action="store_true", help="slurm: block with progress lines until all runs ended")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.add_argument("--rerun", choices=["failed"], help="also run again the runs that failed")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     status = commands.add_parser("status", help="done / failed / interrupted / new runs per stage")
     _add_grid_arguments(status)
+    cancel = commands.add_parser("cancel", help="scancel every Slurm job of this grid still queued or running")
+    _add_grid_arguments(cancel)
     report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
     _add_report_arguments(report)
     plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
@@ -94,11 +97,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kdbench.grid import grid_paths, run_grid, tracking_target
 
     grid = load_grid(args.grid, data_root=args.data_root)
+    if (args.executor or grid.executor.kind) == "slurm" and not args.dry_run:
+        from kdbench.grid.slurm_cli import require_sbatch
+
+        require_sbatch()
     planned = _print_plan(grid, args.results)
     if args.dry_run:
+        if (args.executor or grid.executor.kind) == "slurm":
+            from kdbench.clusterconf import ClusterConfig
+            from kdbench.grid.slurm_submit import time_limit_warnings
+
+            for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
+                print(f"warning: {warning}")
         for run in planned:
             print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
         return EXIT_OK
+    if (args.executor or grid.executor.kind) == "slurm":
+        from kdbench.cli_slurm import run_on_slurm
+
+        return run_on_slurm(grid, args)
     outcome = run_grid(grid, args.grid.read_text(), results_root=args.results, executor=args.executor,
                        rerun_failed=args.rerun == "failed", device=args.device)
     paths = grid_paths(grid, args.results)
@@ -127,7 +144,14 @@ def _print_report(runs_root: Path) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths
+    from kdbench.grid.manifest import slurm_root
+
     grid = load_grid(args.grid, data_root=args.data_root)
+    if slurm_root(grid_paths(grid, args.results).grid_dir).is_dir():
+        from kdbench.cli_slurm import slurm_status
+
+        return slurm_status(grid, args)
     planned = _print_plan(grid, args.results)
     for run in planned:
         if run.status == "failed" and run.record is not None:
@@ -177,8 +201,14 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "status": _cmd_status, "report": _cmd_report, "plot": _cmd_plot, "methods": _cmd_methods,
-            "models": _cmd_models}
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from kdbench.cli_slurm import cancel_grid
+
+    return cancel_grid(load_grid(args.grid, data_root=args.data_root), args)
+
+
+COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "report": _cmd_report, "plot": _cmd_plot,
+            "methods": _cmd_methods, "models": _cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,16 +7,19 @@ import importlib
 import importlib.util
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdbench.clusterconf import ClusterConfig
 from kdbench.data.spec import DatasetSpec, LongTailSpec
 from kdbench.recipe import Recipe, RecipeOverride
 
 __all__ = [
+    "ClusterConfig",
     "ConfigError",
     "DatasetSpec",
     "ExecutorConfig",
@@ -136,7 +139,7 @@ class ExecutorConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["local", "debug"] = "local"
+    kind: Literal["local", "debug", "slurm"] = "local"
     workers: int = Field(default=1, ge=1, description="local: parallel run processes")
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
 
@@ -167,6 +170,7 @@ class GridConfig(BaseModel):
     teacher_recipe: RecipeOverride = Field(default_factory=RecipeOverride)
     overrides: list[Override] = Field(default_factory=list)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    cluster: ClusterConfig | None = Field(default=None, description="Slurm resources (executor kind slurm)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: str = Field(default="results", description="results root; relative to the working directory")
 
@@ -264,7 +268,31 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _validation_lines(error: ValidationError) -> list[str]:
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Model``, ``Model | None`` or ``list[Model]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        if (model := _model_in(argument)) is not None:
+            return model
+    return None
+
+
+def _allowed_fields(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the model that holds ``loc``'s last part (list indices and dict keys skipped)."""
+    model: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if model is None:
+            return []
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:
+            model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _validation_lines(error: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
+    from kdbench.registry import closest_match_hint
+
     lines = []
     for item in error.errors(include_url=False):
         location = _format_location(tuple(p for p in item["loc"] if not str(p).startswith("function-")))
@@ -274,8 +302,12 @@ def _validation_lines(error: ValidationError) -> list[str]:
         elif item["type"] in ("missing",):
             lines.append(f"{location}: required field is missing")
         elif item["type"] == "extra_forbidden":
-            lines.append(f"{location}: unknown field")
-        elif isinstance(item.get("input"), (str, int, float, bool, list)) and f"'{item['input']}'" not in message:
+            allowed = _allowed_fields(root, item["loc"]) if root is not None else []
+            hint = (f"{closest_match_hint(str(item['loc'][-1]), allowed)}; allowed: {', '.join(allowed)}"
+                    if allowed else "")
+            lines.append(f"{location}: unknown field{hint}")
+        elif (isinstance(item.get("input"), (str, int, float, bool, list)) and f"'{item['input']}'" not in message
+              and not message.startswith(f"{item['loc'][-1]} = ")):  # the validator named the value already
             lines.append(f"{location} = {_format_value(item['input'])}: {message}")
         else:
             lines.append(f"{location}: {message}")
@@ -336,7 +368,7 @@ def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = 
     try:
         return GridConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("\n".join(_validation_lines(error))) from None
+        raise ConfigError("\n".join(_validation_lines(error, GridConfig))) from None
 
 
 def _expand_root(dataset: Any) -> Any:

@@ -44,8 +44,12 @@ Choices where the paper, RepDistiller and this implementation differ (each delib
   ``index_copy_`` keep an arbitrary one.
 * Banks are initialised uniformly in ±1/√(feat_dim/3) with the global RNG (no generator), like RepDistiller; the
   rows are not normalised (their expected squared norm is 1).
-* Single process only: under DDP the (embedding, index) pairs of all ranks must be gathered before the bank
-  update, and Z averaged; this is not done here.
+* Several processes (torch.distributed, each rank holding a shard of the global batch): when training, each
+  rank's (e_s, e_t, index) rows and per-row log-sum-exp of its scores are all-gathered (one collective of a
+  float64 B×(2·feat_dim+3) tensor, rank order = global batch order) before the bank update, so every rank
+  applies the same global-batch update and the banks stay identical on all ranks, as in one process; the
+  first-batch Z is estimated from all ranks' scores (the same value one process computes on the global
+  batch). Each rank scores only its own rows, against the shared banks.
 
 Cost: the gathered bank rows are B×(K+1)×feat_dim floats per side, kept for the backward pass (B=64, K=16384:
 ≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB).
@@ -60,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.engine.distributed import active_world, all_gather_rows
 from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
 from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
@@ -154,9 +159,9 @@ class CRD(DistillLoss):
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
 
-    def _normalizer(self, buffer: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The stored Z, or (first forward) mean(exp-scores)·N, stored when training; no host sync."""
-        z = torch.where(buffer < 0, nce_normalizer(logits, self.num_samples), buffer)
+    def _normalizer(self, buffer: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """The stored Z, or (first forward) the batch's ``estimate`` of it, stored when training; no host sync."""
+        z = torch.where(buffer < 0, estimate.to(buffer.dtype), buffer)
         if self.training:
             buffer.copy_(z)
         return z
@@ -171,15 +176,36 @@ class CRD(DistillLoss):
             logits_u = crd_logits(e_s, self.memory_t, contrast_index, tau)  # student vs teacher bank
             logits_v = crd_logits(e_t, self.memory_s, contrast_index, tau)  # teacher vs student bank
             with torch.no_grad():
-                log_z_s = torch.log(self._normalizer(self.z_s, logits_u))
-                log_z_t = torch.log(self._normalizer(self.z_t, logits_v))
+                if self.training and active_world() > 1:
+                    e_s_all, e_t_all, index, estimate_u, estimate_v = self._global_batch(e_s, e_t, index, logits_u,
+                                                                                         logits_v)
+                else:
+                    e_s_all, e_t_all = e_s, e_t
+                    estimate_u = nce_normalizer(logits_u, self.num_samples)
+                    estimate_v = nce_normalizer(logits_v, self.num_samples)
+                log_z_s = torch.log(self._normalizer(self.z_s, estimate_u))
+                log_z_t = torch.log(self._normalizer(self.z_t, estimate_v))
             loss = (nce_loss_from_log(logits_u - log_z_s, self.num_samples)
                     + nce_loss_from_log(logits_v - log_z_t, self.num_samples))
             if self.training:
                 momentum = float(self.hparams["nce_momentum"])
-                momentum_update(self.memory_s, index, e_s, momentum)
-                momentum_update(self.memory_t, index, e_t, momentum)
+                momentum_update(self.memory_s, index, e_s_all, momentum)
+                momentum_update(self.memory_t, index, e_t_all, momentum)
         return loss
+
+    def _global_batch(self, e_s: torch.Tensor, e_t: torch.Tensor, index: torch.Tensor, logits_u: torch.Tensor,
+                      logits_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """All ranks' (e_s, e_t, index) rows in rank order and the global batch's Z estimates (one all-gather)."""
+        dim = e_s.shape[1]
+        rows = torch.cat([e_s.double(), e_t.double(), index.to(e_s.device).double()[:, None],
+                          torch.logsumexp(logits_u, dim=1).double()[:, None],
+                          torch.logsumexp(logits_v, dim=1).double()[:, None]], dim=1)
+        gathered = all_gather_rows(rows)  # float64 holds the fp32 values and indices < 2^53 exactly
+        log_count = math.log(gathered.shape[0] * logits_u.shape[1])
+        estimates = [torch.exp(torch.logsumexp(gathered[:, column], dim=0) - log_count) * self.num_samples
+                     for column in (2 * dim + 1, 2 * dim + 2)]
+        return (gathered[:, :dim].float(), gathered[:, dim : 2 * dim].float(), gathered[:, 2 * dim].long(),
+                *estimates)
 
     def forward(
         self,

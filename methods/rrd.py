@@ -24,7 +24,9 @@ differ, following METHODS.md:
 * Queue and pointer are only written in training mode (the engine calls ``loss.train()``); in eval mode the
   loss is computed without changing the state.
 * Precision: heads and scores in fp32 with autocast disabled (τ_s = 0.04 amplifies bf16 rounding).
-* Single process only: under DDP the teacher embeddings of all ranks must be gathered before enqueueing.
+* Several processes (torch.distributed, each rank holding a shard of the global batch): when training, the
+  teacher embeddings of all ranks are all-gathered in rank order (= the global batch's order) and enqueued
+  together, so the queue and its pointer stay identical on every rank and equal to one process's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdbench.engine.distributed import all_gather_rows
 from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
 from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
@@ -108,7 +111,7 @@ class RRD(DistillLoss):
                 teacher_scores = e_t @ queue.T
             loss = rrd_loss(e_s @ queue.T, teacher_scores, float(self.hparams["tau_s"]), float(self.hparams["tau_t"]))
             if self.training:
-                enqueue(self.queue, self.queue_ptr, e_t)
+                enqueue(self.queue, self.queue_ptr, all_gather_rows(e_t))
         return loss
 
     def forward(

@@ -77,9 +77,12 @@ def test_unknown_hyperparameter():
     assert "temprature" in message and "did you mean 'temperature'" in message
 
 
-def test_unknown_field_is_named():
+def test_unknown_field_is_named_with_the_allowed_fields():
     message = _error(_with(recipe={"epochs": 2, "learning_rate": 0.1}))
     assert "recipe.learning_rate: unknown field" in message
+    assert "allowed: " in message and "batch_size" in message and "epochs" in message
+    nested = _error(_with(methods=[{"name": "kd", "parms": {}}]))
+    assert "methods[0].parms: unknown field (did you mean 'params'?); allowed: label, name, params" in nested
 
 
 def test_override_that_matches_nothing():

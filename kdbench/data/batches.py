@@ -46,10 +46,31 @@ def normalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return Normaliser(mean, std, batch.device)(batch)
 
 
-def training_batches(count: int, batch_size: int) -> int:
-    """Batches iterate_batches yields per training epoch (a last batch of one image is dropped)."""
+def training_batches(count: int, batch_size: int, world_size: int = 1) -> int:
+    """Batches iterate_batches yields per training epoch: a last batch that cannot give every one of the
+    ``world_size`` processes two images is dropped (one image per process when there is one process)."""
     full, rest = divmod(count, batch_size)
-    return max(1, full + (rest > 1))
+    return max(1, full + (rest >= 2 * world_size))
+
+
+def shard_bounds(size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of a ``size``-row global batch that process ``rank`` of ``world_size`` trains on.
+
+    Contiguous blocks in rank order whose sizes differ by at most one (earlier ranks take the extra rows), so
+    concatenating the shards in rank order gives the global batch back.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    base, extra = divmod(size, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def check_shardable(batch_size: int, world_size: int) -> None:
+    """Raise ValueError unless a ``batch_size`` global batch gives each of ``world_size`` processes two images."""
+    if world_size > 1 and batch_size < 2 * world_size:
+        raise ValueError(f"recipe.batch_size={batch_size} is the global batch of {world_size} processes; it must be "
+                         f">= {2 * world_size} (two images per process, as BatchNorm needs)")
 
 
 def iterate_batches(
@@ -66,6 +87,7 @@ def iterate_batches(
     pad: int = 4,
     views: str = "single",
     contrast_k: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches ``{"input", "target", "index"}`` of an in-memory ImageSet, all on ``device``.
 
@@ -81,6 +103,13 @@ def iterate_batches(
     Training only: ``views`` (see views.py) turns the B images into V·B inputs, the plain view first (``target``
     and ``index`` stay B long); ``contrast_k`` adds ``contrast_index`` (B×(K+1): the sample, then K negatives of
     other classes) from a third local generator seeded by (seed, epoch).
+
+    Training only: ``shard=(rank, world_size)`` yields process ``rank``'s rows (``shard_bounds``) of every global
+    batch. The global batch is drawn, augmented and given its contrast indices exactly as in one process, then
+    sliced (each view's block of rows alike) before normalisation, so the shards of all ranks together are the
+    one-process batch, whatever the world size. A last global batch smaller than 2·world_size is dropped
+    (``training_batches``). Every rank augments the whole global batch: cheap batch-level ops, and what keeps
+    the random draws those of one process.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
@@ -96,9 +125,13 @@ def iterate_batches(
         order = torch.arange(count)
     source_device = images.images.device
     normaliser = Normaliser(mean, std, device)
+    rank, world = shard
+    sharded = shuffle and world > 1
+    if sharded:
+        check_shardable(batch_size, world)
     for start in range(0, count, batch_size):
         index = order[start : start + batch_size]
-        if shuffle and len(index) == 1 and count > 1:
+        if shuffle and len(index) < 2 * world and count > 1:
             break
         positions = index.to(source_device)
         batch = images.images[positions]
@@ -106,11 +139,18 @@ def iterate_batches(
         batch = batch.to(device, non_blocking=True)
         if shuffle:
             batch = make_views(views, batch, augmentation, aug_generator, pad)
+        contrast = (sample_contrast_indices(index, images.targets, contrast_k, contrast_generator)
+                    if shuffle and contrast_k is not None else None)
+        if sharded:
+            lo, hi = shard_bounds(len(index), rank, world)
+            batch = batch.view(-1, len(index), *batch.shape[1:])[:, lo:hi].reshape(-1, *batch.shape[1:])
+            index, targets = index[lo:hi], targets[lo:hi]
+            contrast = contrast[lo:hi] if contrast is not None else None
         item = {
             "input": normaliser(batch),
             "target": targets.to(device, non_blocking=True),
             "index": index.to(device, non_blocking=True),
         }
-        if shuffle and contrast_k is not None:
-            item["contrast_index"] = sample_contrast_indices(index, images.targets, contrast_k, contrast_generator)
+        if contrast is not None:
+            item["contrast_index"] = contrast
         yield item

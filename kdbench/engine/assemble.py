@@ -10,6 +10,7 @@ from torch import nn
 
 from kdbench.config import Recipe
 from kdbench.data import DataBundle, ImageSet, warn_if_too_many_negatives
+from kdbench.engine.distributed import SINGLE, DistInfo
 from kdbench.engine.loop import TrainParts
 from kdbench.loss import METHODS, LossContext
 from kdbench.models import FeatureTaps, tap_shapes
@@ -17,7 +18,7 @@ from kdbench.models import FeatureTaps, tap_shapes
 
 def assemble_training(*, method: str, params: dict[str, Any], student: nn.Module, teacher: nn.Module | None,
                       data: DataBundle, train_set: ImageSet, recipe: Recipe, device: torch.device,
-                      seed: int) -> TrainParts:
+                      seed: int, dist: DistInfo = SINGLE) -> TrainParts:
     """Build the method's loss from tap shapes (one dummy forward), its batch extras, the optimiser and autocast."""
     method_cls = METHODS.get(method)
     needs = method_cls.needs_for(params)
@@ -44,4 +45,4 @@ def assemble_training(*, method: str, params: dict[str, Any], student: nn.Module
                       loss=loss, optimizer=optimizer, train_set=train_set, batch_size=recipe.batch_size,
                       augmentation=data.augmentation if recipe.augmentation == "default" else recipe.augmentation,
                       views=needs.views, contrast_k=contrast_k, mean=data.mean, std=data.std, device=device,
-                      seed=seed, epochs=recipe.epochs, autocast=autocast)
+                      seed=seed, epochs=recipe.epochs, autocast=autocast, dist=dist)

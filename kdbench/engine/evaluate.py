@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.data import ImageSet, iterate_batches
+from kdbench.data.batches import shard_bounds
+from kdbench.engine.distributed import SINGLE, DistInfo, all_reduce_sum
 from kdbench.tracking.record import EvalResult
 
 CONFUSION_KEPT_UP_TO = 100  # classes; beyond that the record keeps per-class counts only
@@ -36,8 +38,16 @@ def metrics_from_counts(confusion: torch.Tensor, top5_correct: int, loss_sum: fl
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: ImageSet, *, num_classes: int, batch_size: int, mean, std,
-             device: torch.device, autocast: contextlib.AbstractContextManager | None = None) -> EvalResult:
-    """Run ``model`` over ``images`` in eval mode; counts stay on the device until the end (one sync)."""
+             device: torch.device, autocast: contextlib.AbstractContextManager | None = None,
+             dist: DistInfo = SINGLE) -> EvalResult:
+    """Run ``model`` over ``images`` in eval mode; counts stay on the device until the end (one sync).
+
+    With several processes (``dist``) each evaluates a contiguous block of ``images`` and the confusion counts,
+    top-5 hits and loss sums are summed over ranks, so every rank returns the exact metrics of the whole set.
+    """
+    if dist.distributed:
+        start, stop = shard_bounds(len(images), dist.rank, dist.world_size)
+        images = ImageSet(images.images[start:stop], images.targets[start:stop])
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
@@ -55,4 +65,8 @@ def evaluate(model: nn.Module, images: ImageSet, *, num_classes: int, batch_size
         confusion += torch.bincount(target * num_classes + logits.argmax(dim=1), minlength=num_classes**2)
         top5_correct += (logits.topk(k, dim=1).indices == target[:, None]).any(dim=1).sum()
     model.train(was_training)
+    if dist.distributed:
+        counts = all_reduce_sum(torch.cat([confusion, top5_correct[None]]))
+        confusion, top5_correct = counts[:-1], counts[-1]
+        loss_sum = all_reduce_sum(loss_sum)
     return metrics_from_counts(confusion.view(num_classes, num_classes).cpu(), int(top5_correct), float(loss_sum))

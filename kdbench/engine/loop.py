@@ -12,6 +12,7 @@ from torch import nn
 
 from kdbench.data import ImageSet, iterate_batches
 from kdbench.data.batches import training_batches
+from kdbench.engine.distributed import SINGLE, DistInfo, all_reduce_sum, average_batchnorm_statistics, average_gradients
 from kdbench.loss import DistillLoss, Progress
 from kdbench.models import FeatureTaps
 
@@ -50,25 +51,34 @@ class TrainParts:
     seed: int
     epochs: int
     autocast: contextlib.AbstractContextManager
+    dist: DistInfo = SINGLE
 
 
 def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> EpochResult:
     """Train one epoch (epochs count from 1), or its first ``max_steps`` steps (benchmarks).
 
     Raises NonFiniteLossError if any loss term is not finite.
+
+    With several processes (``parts.dist``) each trains on its shard of every global batch; its loss is scaled
+    by shard size × world size / global batch size before backward, so that the averaged gradient is that of
+    the global batch's mean loss; gradients are averaged before every step, BatchNorm statistics at the end of
+    the epoch, and the logged terms, accuracy and image count are those of the global batches (on every rank).
     """
     parts.student.train()
     parts.loss.train()
     started = time.perf_counter()
     num_images = len(parts.train_set.targets)
-    steps = training_batches(num_images, parts.batch_size)
+    rank, world = parts.dist.rank, parts.dist.world_size
+    steps = training_batches(num_images, parts.batch_size, world)
+    trainable = ([p for p in [*parts.student.parameters(), *parts.loss.parameters()] if p.requires_grad]
+                 if world > 1 else [])
     names: list[str] = []
     sums = torch.zeros(0, device=parts.device)  # per-term sums weighted by batch size, kept on the device
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     seen = 0
     batches = iterate_batches(parts.train_set, parts.batch_size, shuffle=True, seed=parts.seed, epoch=epoch,
                               augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device,
-                              views=parts.views, contrast_k=parts.contrast_k)
+                              views=parts.views, contrast_k=parts.contrast_k, shard=(rank, world))
     for step, batch in enumerate(batches):
         if max_steps is not None and step >= max_steps:
             break
@@ -82,16 +92,26 @@ def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> 
             terms = parts.loss(student_out, teacher_out, batch, progress)
         values = torch.stack([value.float() for value in terms.values()])
         total = values.sum()
-        parts.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        parts.optimizer.step()
         size = batch["target"].shape[0]  # B images; multi-view inputs hold V·B rows, the plain view first
+        parts.optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            global_size = min(parts.batch_size, num_images - step * parts.batch_size)
+            (total * (size * world / global_size)).backward()
+            average_gradients(trainable)
+        else:
+            total.backward()
+        parts.optimizer.step()
         if not names:
             names = [*terms, "total"]
             sums = torch.zeros(len(names), device=parts.device)
         sums += torch.cat([values.detach(), total.detach()[None]]) * size
         correct += (student_out["logits"][:size].detach().argmax(dim=1) == batch["target"]).sum()
         seen += size
+    if world > 1:
+        average_batchnorm_statistics(parts.student, parts.loss)
+        counts = all_reduce_sum(torch.stack([correct.double(), torch.tensor(float(seen), device=sums.device).double()]))
+        sums = all_reduce_sum(sums)
+        correct, seen = counts[0].round().long(), int(counts[1].round())
     means = (sums / max(1, seen)).tolist()  # the epoch's one host-device sync for the loss terms
     values_by_name = dict(zip(names, means, strict=True))
     for name, value in values_by_name.items():

@@ -18,9 +18,20 @@ from torch import nn
 import kdbench.methods  # noqa: F401  (registers the built-in methods in any worker process)
 from kdbench.config import import_plugins
 from kdbench.data import DataBundle, build_data
+from kdbench.data.batches import check_shardable
 from kdbench.engine.assemble import assemble_training
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
-from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance, resolve_device
+from kdbench.engine.distributed import (
+    SINGLE,
+    DistInfo,
+    DistributedSetupError,
+    barrier,
+    broadcast_state,
+    device_for,
+    dist_info_from_env,
+    init_distributed,
+)
+from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.loop import train_epoch
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -123,38 +134,60 @@ def _base_record(job: RunJob) -> dict[str, Any]:
 
 
 def train_run(job: RunJob) -> RunRecord:
-    """Train one run to the end (or resume it) and write its record; failures become a failed record."""
+    """Train one run to the end (or resume it) and write its record; failures become a failed record.
+
+    Under torch.distributed (one process per device, see engine/distributed.py) every rank trains and only
+    rank 0 writes the log file, checkpoints, weights, record and MLflow; the other ranks wait for the record.
+    """
     run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = read_record(run_dir)
     if existing is not None and existing.status == "done":
         return existing
-    handler = _attach_log_file(run_dir)
+    setup_error: DistributedSetupError | None = None
+    try:
+        ranks = dist_info_from_env()
+    except DistributedSetupError as error:
+        ranks, setup_error = SINGLE, error
+    handler = _attach_log_file(run_dir) if ranks.is_main else None
     import_plugins(job.plugins, Path.cwd())  # a spawned worker or Slurm task starts with built-in methods only
-    observers = job.all_observers()
+    observers = job.all_observers() if ranks.is_main else []
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        record = _train(job, observers)
+        if setup_error is not None:
+            raise setup_error
+        record = _train(job, observers, ranks)
     except Exception as error:  # the grid goes on; the reason is recorded
         log.error("%s failed: %s: %s", job.spec.describe(), type(error).__name__, error)
         record = RunRecord(status="failed", reason=f"{type(error).__name__}: {error}",
                            traceback=traceback.format_exc(), **_base_record(job))
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+    if not ranks.is_main:
+        if record.status == "done":
+            barrier()  # rank 0 has written the weights and the record
+            return read_record(run_dir) or record
+        return record  # a failed rank does not wait: the group may be broken
     record.provenance.update(started_at=started, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_record(run_dir, record)
     for observer in observers:
         observer.on_end(record)
     if record.status == "done":
         (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # the final weights are kept in model.pt
+        if ranks.distributed:
+            barrier()
     return record
 
 
-def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
+def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) -> RunRecord:
     spec, run_dir, recipe = job.spec, job.run_dir, job.spec.recipe
     configure_threads()
-    device = resolve_device(job.device)
+    device = device_for(job.device, ranks)
+    ranks = init_distributed(device)
+    if ranks.distributed:
+        check_shardable(recipe.batch_size, ranks.world_size)
     seed_everything(spec.seed)
     info = model_info(spec.arch, **spec.arch_kwargs)
     data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
@@ -165,7 +198,7 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
     teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
                              if spec.teacher is not None else (None, None))
     parts = assemble_training(method=spec.method, params=spec.params, student=student, teacher=teacher, data=data,
-                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed)
+                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed, dist=ranks)
     loss, optimizer, autocast = parts.loss, parts.optimizer, parts.autocast
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
 
@@ -180,12 +213,13 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
         state.resumed_from.append(state.epoch)
         restore_rng_state(checkpoint["rng"])
         log.info("%s: resuming after epoch %d", spec.describe(), state.epoch)
+    broadcast_state(student, loss)  # every rank starts from rank 0's weights and method state
 
     for observer in observers:
         observer.on_start(spec.run_id, f"{spec.display_method}/{spec.pair}/{spec.dataset.variant}/s{spec.seed}",
                           spec.model_dump(mode="json"), state.epoch)
     eval_args = dict(num_classes=data.num_classes, batch_size=recipe.eval_batch_size, mean=data.mean, std=data.std,
-                     device=device, autocast=autocast)
+                     device=device, autocast=autocast, dist=ranks)
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         result = train_epoch(parts, epoch)
@@ -200,6 +234,8 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
         state.history.append(entry)
         state.epoch = epoch
         state.seconds += result.seconds
+        if not ranks.is_main:
+            continue
         _save_checkpoint(run_dir, student, loss, optimizer, scheduler, state)
         for observer in observers:
             observer.on_epoch(entry)
@@ -209,16 +245,18 @@ def _train(job: RunJob, observers: list[RunObserver]) -> RunRecord:
                  entry.test_top1, val_text, result.seconds, entry.images_per_s)
 
     assert state.last_test is not None
-    save_atomic(student.state_dict(), run_dir / MODEL_NAME)
+    if ranks.is_main:
+        save_atomic(student.state_dict(), run_dir / MODEL_NAME)
     extra = sum(p.numel() for p in loss.parameters() if p.requires_grad)
     record = RunRecord(
         status="done", num_classes=data.num_classes, class_counts=list(data.class_counts), final=state.last_test,
         final_val=state.last_val, best_val=state.best_val, history=state.history,
         student_params=sum(p.numel() for p in student.parameters()), extra_params=extra,
         peak_memory_bytes=peak_memory_bytes(device), teacher=teacher_info,
-        model_sha256=file_sha256(run_dir / MODEL_NAME),
+        model_sha256=file_sha256(run_dir / MODEL_NAME) if ranks.is_main else None,
         provenance=provenance(device) | {"train_seconds": state.seconds, "resumed_after_epochs": state.resumed_from,
-                                         "train_source_indices_sha256": _indices_digest(data)},
+                                         "train_source_indices_sha256": _indices_digest(data)}
+        | ({"world_size": ranks.world_size} if ranks.distributed else {}),
         **_base_record(job),
     )
     return record

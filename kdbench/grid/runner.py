@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kdbench.config import GridConfig
+from kdbench.config import ConfigError, GridConfig
 from kdbench.engine import RunJob
+from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import expand_grid
 from kdbench.grid.needs import check_method_needs
@@ -88,20 +89,44 @@ def _archive_failed(run_dir: Path) -> None:
         record.rename(run_dir / f"record.failed-{stamp}.json")
 
 
-def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
-             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
-    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
-    started = time.perf_counter()
-    paths, planned = plan_grid(grid, results_root)
+def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths, is_main: bool = True) -> tuple[str, str] | None:
+    """Create runs/, keep the grid file, create the MLflow store and experiment once; return the tracking target.
+
+    Only the main rank (``is_main``) of a grid launched as several processes writes the grid file and the store.
+    """
     paths.runs_root.mkdir(parents=True, exist_ok=True)
-    _save_grid_file(paths.grid_dir, grid_text)
+    if is_main:
+        _save_grid_file(paths.grid_dir, grid_text)
     target = tracking_target(grid, paths)
-    if target is not None:
+    if target is not None and is_main:
         try:
             ensure_experiment(*target, artifact_root=paths.results_root / "mlflow-artifacts")
         except Exception as error:  # tracking never stops the grid
             log.warning("MLflow store %s unavailable (%s); runs go on with records only", target[0], error)
             target = None
+    return target
+
+
+def archive_failed(run_dir: Path) -> None:
+    """Move a failed record aside (record.failed-<time>.json) before the run is tried again."""
+    _archive_failed(run_dir)
+
+
+def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
+             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
+    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+    if (executor or grid.executor.kind) == "slurm":
+        raise ConfigError("executor 'slurm' submits and returns: use kdbench.grid.slurm_submit.submit_grid "
+                          "(`kdbench run GRID --executor slurm` does)")
+    started = time.perf_counter()
+    # Launched as N processes (torchrun, srun): every rank walks the same runs in the same order and trains each
+    # together; only rank 0 writes the grid's files (the engine does the same for each run).
+    ranks = dist_info_from_env()
+    if ranks.distributed and (executor or grid.executor.kind) == "local" and grid.executor.workers > 1:
+        raise ConfigError(f"executor.workers={grid.executor.workers}: a grid launched as {ranks.world_size} "
+                          "processes trains each run on all of them; allowed: workers: 1")
+    paths, planned = plan_grid(grid, results_root)
+    target = prepare_results(grid, grid_text, paths, is_main=ranks.is_main)
     outcome = GridOutcome()
     to_run: list[PlannedRun] = []
     for run in planned:
@@ -120,7 +145,7 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             if teacher_dir is not None and run_status(teacher_dir)[0] != "done":
                 outcome.blocked.append(run.spec)
                 continue
-            if run.status == "failed":
+            if run.status == "failed" and ranks.is_main:
                 _archive_failed(paths.runs_root / run.spec.run_id)
             jobs.append(RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                                device=device or grid.executor.device, tracking_uri=target[0] if target else None,

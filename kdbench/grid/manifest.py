@@ -1,0 +1,59 @@
+"""Submission manifests: which Slurm job (array id, index, submitit folder) runs which kdbench run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from kdbench.tracking.atomic import atomic_write_json
+
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestEntry(BaseModel):
+    """One run submitted as one Slurm job or array task."""
+
+    run_id: str
+    stage: str
+    job_id: str = Field(description="'<array job id>_<index>', or a plain job id for a one-run submission")
+    array_job_id: str
+    array_index: int | None
+    depends_on: str | None = None
+
+
+class Manifest(BaseModel):
+    """Everything one `kdbench run --executor slurm` submitted."""
+
+    grid: str
+    submitted_at: str = Field(description="UTC ISO time; sacct queries start here (job ids restart on a new cluster)")
+    folder: str = Field(description="the submitit folder: sbatch files, pickles, stdout/stderr of each task")
+    entries: list[ManifestEntry] = Field(default_factory=list)
+
+
+def slurm_root(grid_dir: Path) -> Path:
+    """results/<grid>/slurm: one sub-folder per submission."""
+    return grid_dir / "slurm"
+
+
+def write_manifest(submission_dir: Path, manifest: Manifest) -> None:
+    """Write (or rewrite, after each array) the submission's manifest atomically."""
+    atomic_write_json(submission_dir / MANIFEST_NAME, manifest.model_dump(mode="json"))
+
+
+def read_manifests(grid_dir: Path) -> list[Manifest]:
+    """Every manifest of the grid, oldest submission first."""
+    manifests = []
+    for path in sorted(slurm_root(grid_dir).glob(f"*/{MANIFEST_NAME}")):
+        manifests.append(Manifest.model_validate(json.loads(path.read_text())))
+    return sorted(manifests, key=lambda m: m.submitted_at)
+
+
+def latest_entries(manifests: list[Manifest]) -> dict[str, tuple[Manifest, ManifestEntry]]:
+    """For each run id, its most recent submission."""
+    latest: dict[str, tuple[Manifest, ManifestEntry]] = {}
+    for manifest in manifests:
+        for entry in manifest.entries:
+            latest[entry.run_id] = (manifest, entry)
+    return latest

@@ -1,0 +1,219 @@
+"""The slurm executor against a real Slurm cluster (`bash slurm/local-cluster.sh up`); no mocks of Slurm's commands.
+
+All grids are submitted once, up front (module fixture), so that their jobs overlap; each test then checks one
+promise. Skipped when sbatch is absent, unless KDBENCH_REQUIRE_SLURM=1 (CI), which makes a missing Slurm a failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench.cli import main
+from kdbench.config import ConfigError, load_grid
+from kdbench.grid import grid_paths, plan_grid, tracking_target
+from kdbench.grid.manifest import read_manifests
+from kdbench.grid.slurm_status import slurm_run_states
+from kdbench.grid.slurm_submit import submit_grid, wait_for_grid
+from tests_support import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+if shutil.which("sbatch") is None:
+    if os.environ.get("KDBENCH_REQUIRE_SLURM") == "1":
+        raise RuntimeError("KDBENCH_REQUIRE_SLURM=1 but sbatch is not on PATH: run `bash slurm/local-cluster.sh up`")
+    pytest.skip("no sbatch on PATH (start a local cluster: `bash slurm/local-cluster.sh up`)", allow_module_level=True)
+
+PLUGIN = str(REPO / "tests" / "slurm_plugins.py")
+SLEEP_ENV = "KDBENCH_TEST_SLEEP_PER_STEP"
+DATA = {"name": "synthetic", "synthetic_classes": 4, "synthetic_train_per_class": 24, "synthetic_test_per_class": 8}
+CLUSTER = {"profile": "local", "array_parallelism": 4, "time": 10}
+BASE = {
+    "datasets": [DATA, {**DATA, "long_tail": {"profile": "exp", "imbalance_ratio": 4}, "val_per_class": 2}],
+    "pairs": [{"teacher": "cnn_small", "student": "cnn_small"}],
+    "methods": ["vanilla", "kd"],
+    "seeds": [0, 1],
+    "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "eval_batch_size": 64},
+    "executor": {"kind": "slurm", "device": "cpu"},
+    "cluster": CLUSTER,
+}
+WAIT_S = 400
+
+
+def _grid(tmp: Path, name: str, **changes):
+    """Write the grid file tmp/<name>.yaml (the CLI tests use it) and load it."""
+    raw = copy.deepcopy(BASE)
+    raw.update(name=name, output=str(tmp / "results"), **changes)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_grid(path)
+
+
+def _grid_file(grid) -> str:
+    return str(Path(grid.output).parent / f"{grid.name}.yaml")
+
+
+def _squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def _squeue_names() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory):
+    """Submit the main grid, a grid with a failing run and a grid that must be requeued, all at once."""
+    tmp = tmp_path_factory.mktemp("slurm")
+    grids = {
+        "main": _grid(tmp, "slurm_main"),
+        "fails": _grid(tmp, "slurm_fails", plugins=[PLUGIN], methods=["explodes", "vanilla"], seeds=[0],
+                       datasets=[DATA]),
+        # 30 epochs × 6 steps × 1 s of sleep in the first attempt: past the signal of a 3-minute limit with a 30 s
+        # delay (Slurm sends it up to a minute early: 90–150 s in, after the first epochs even on a loaded machine);
+        # the requeued attempt does not sleep and resumes from its last epoch.
+        "requeue": _grid(tmp, "slurm_requeue", plugins=[PLUGIN], methods=["slow_ce"], seeds=[0], datasets=[DATA],
+                         recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]},
+                         cluster={**CLUSTER, "time": 3, "signal_delay_s": 30, "max_requeues": 6}),
+        # Sleeps 1 s per step (in every first attempt): still running when the test kills it hard.
+        "killed": _grid(tmp, "slurm_killed", plugins=[PLUGIN], methods=["slow_ce"], seeds=[1], datasets=[DATA],
+                        recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]}),
+    }
+    os.environ[SLEEP_ENV] = "1"  # captured by sbatch with the submitting environment
+    try:
+        outcomes = {key: submit_grid(grid, f"# {key}") for key, grid in grids.items()}
+    finally:
+        del os.environ[SLEEP_ENV]
+    return grids, outcomes
+
+
+def _wait(grid):
+    return wait_for_grid(grid, poll_s=3, timeout_s=WAIT_S)
+
+
+def test_run_killed_hard_resumes_on_the_next_kdbench_run(submitted):
+    from kdbench.engine.checkpoint import CHECKPOINT_NAME
+
+    grids, _ = submitted
+    grid = grids["killed"]
+    paths, planned = plan_grid(grid)
+    checkpoint = paths.runs_root / planned[0].spec.run_id / CHECKPOINT_NAME
+    deadline = time.monotonic() + WAIT_S
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert checkpoint.is_file(), "the run never saved an epoch checkpoint"
+    job_id = read_manifests(paths.grid_dir)[0].entries[0].job_id
+    subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)  # no chance to requeue
+    states = _wait(grid)
+    assert states[0].state == "interrupted" and states[0].slurm_state != "COMPLETED"
+
+    again = submit_grid(grid, "# killed")  # no sleeping this time: SLEEP_ENV is unset now
+    assert again.total == 1
+    states = _wait(grid)
+    assert [s.state for s in states] == ["done"], [s.error_tail for s in states]
+    assert states[0].run.record.provenance["resumed_after_epochs"][0] >= 1
+
+
+def test_grid_submits_teacher_then_student_arrays_and_completes(submitted):
+    grids, outcomes = submitted
+    grid, outcome = grids["main"], outcomes["main"]
+    assert len(outcome.submitted["teacher"]) == 2 and len(outcome.submitted["student"]) == 8
+    manifest = read_manifests(grid_paths(grid).grid_dir)[0]
+    teacher_jobs = {e.run_id: e.job_id for e in manifest.entries if e.stage == "teacher"}
+    kd_entries = [e for e in manifest.entries if e.stage == "student" and e.depends_on]
+    assert len(kd_entries) == 4 and {e.depends_on for e in kd_entries} == set(teacher_jobs.values())
+    assert all("_" in e.job_id and e.array_index is not None for e in manifest.entries)
+
+    states = _wait(grid)
+    assert {s.state for s in states} == {"done"}, [(s.run.spec.describe(), s.state, s.error_tail) for s in states]
+    uri, experiment = tracking_target(grid, grid_paths(grid))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=100)
+    students = [s.run for s in states if s.run.spec.stage == "student"]
+    per_run = [sum(r.data.tags["kdbench.run_id"] == s.spec.run_id for r in runs) for s in students]
+    assert per_run == [1] * 8 and {r.info.status for r in runs} == {"FINISHED"}
+
+    again = submit_grid(grid, "# main")
+    assert again.total == 0 and again.skipped_done == 10 and len(read_manifests(grid_paths(grid).grid_dir)) == 1
+
+
+def test_failed_run_is_reported_with_its_traceback(submitted, capsys):
+    grids, _ = submitted
+    grid = grids["fails"]
+    states = {s.run.spec.method: s for s in _wait(grid)}
+    assert states["vanilla"].state == "done"
+    assert states["explodes"].state == "failed" and "NonFiniteLossError" in states["explodes"].error_tail
+    assert main(["status", _grid_file(grid)]) == 1
+    printed = capsys.readouterr().out
+    assert "1 done" in printed and "1 failed" in printed and "NonFiniteLossError" in printed
+    assert submit_grid(grid, "# fails").skipped_failed == 1  # not retried unless asked
+
+
+def test_time_limit_requeues_and_resumes_to_the_same_result(submitted, tmp_path):
+    import torch
+
+    from kdbench.engine import RunJob, train_run
+
+    grids, _ = submitted
+    grid = grids["requeue"]
+    states = _wait(grid)
+    assert [s.state for s in states] == ["done"], [s.error_tail for s in states]
+    record = states[0].run.record
+    manifest = read_manifests(grid_paths(grid).grid_dir)[0]
+    job_log = Path(manifest.folder).glob(f"{manifest.entries[0].job_id}_0_log.out")
+    assert "Caught signal SIGUSR2" in next(job_log).read_text(), "Slurm never sent the time-limit signal"
+    assert record.provenance["resumed_after_epochs"][0] >= 1, "the requeued run did not resume from an epoch"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Slurm job (cpus_per_task 1): the same summation order
+    try:
+        reference = train_run(RunJob(spec=states[0].run.spec, runs_root=tmp_path / "ref", grid="ref", device="cpu",
+                                     plugins=[PLUGIN]))
+    finally:
+        torch.set_num_threads(threads)
+    assert reference.status == "done" and not reference.provenance["resumed_after_epochs"]
+    assert record.final.top1 == reference.final.top1
+    assert record.final.loss == pytest.approx(reference.final.loss, rel=1e-5)
+    assert [e.test_top1 for e in record.history] == [e.test_top1 for e in reference.history]
+
+
+def test_cancel_leaves_nothing_queued(tmp_path, capsys):
+    grid = _grid(tmp_path, "slurm_cancel", seeds=[5, 6])
+    outcome = submit_grid(grid, "# cancel")
+    job_ids = {e.job_id for m in read_manifests(grid_paths(grid).grid_dir) for e in m.entries}
+    assert outcome.total == 10 and len(job_ids) == 10
+    assert main(["cancel", _grid_file(grid)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    deadline = time.monotonic() + 30
+    while job_ids & _squeue_ids() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not job_ids & _squeue_ids()
+    paths, planned = plan_grid(grid)
+    assert not any(s.state in ("running", "pending") for s in slurm_run_states(planned, paths.grid_dir))
+
+
+def test_rejected_partition_shows_sbatch_error_and_leaves_nothing(tmp_path):
+    grid = _grid(tmp_path, "slurm_badpart", cluster={**CLUSTER, "partition": "no-such-partition"})
+    with pytest.raises(ConfigError, match="(?i)invalid partition"):
+        submit_grid(grid, "# bad")
+    assert not [name for name in _squeue_names() if name.startswith("kd-slurm_badpart")]
+    assert read_manifests(grid_paths(grid).grid_dir) == []
+
+
+def test_missing_sbatch_is_a_clear_error_before_submitting(tmp_path, monkeypatch, capsys):
+    grid_file = _grid_file(_grid(tmp_path, "slurm_nosbatch"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert main(["run", grid_file]) == 2
+    err = capsys.readouterr().err
+    assert "sbatch" in err and "slurm/local-cluster.sh up" in err and "--executor local" in err
+    assert not (tmp_path / "results").exists()
