@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -186,3 +187,16 @@ def test_threads_follow_slurm_cpus_per_task(monkeypatch):
         assert configure_threads() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_atomic_writes_get_the_umask_mode_not_owner_only(tmp_path):
+    from kdbench.tracking.atomic import FILE_MODE, atomic_write_json
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == FILE_MODE
+    assert FILE_MODE & 0o044  # group and others can read results (0o644 under the usual umask 022)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left behind
