@@ -87,6 +87,10 @@ def submitted(tmp_path_factory):
         # Sleeps 1 s per step (in every first attempt): still running when the test kills it hard.
         "killed": _grid(tmp, "slurm_killed", plugins=[PLUGIN], methods=["slow_ce"], seeds=[1], datasets=[DATA],
                         recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]}),
+        # One run as two Slurm tasks (DDP over gloo): a student without BatchNorm, 15 images per batch (shards 8/7).
+        "ddp": _grid(tmp, "slurm_ddp", methods=["vanilla"], seeds=[0], datasets=[DATA],
+                     pairs=[{"teacher": "cnn_small", "student": "mlp_800x2"}],
+                     recipe={**BASE["recipe"], "batch_size": 15}, cluster={**CLUSTER, "tasks_per_node": 2}),
     }
     os.environ[SLEEP_ENV] = "1"  # captured by sbatch with the submitting environment
     try:
@@ -94,6 +98,21 @@ def submitted(tmp_path_factory):
     finally:
         del os.environ[SLEEP_ENV]
     return grids, outcomes
+
+
+def _single_thread_run(spec, runs_root: Path, plugins: list[str] | None = None):
+    """The run in this process with one thread, as in a Slurm task (cpus_per_task 1): the same summation order."""
+    import torch
+
+    from kdbench.engine import RunJob, train_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_run(RunJob(spec=spec, runs_root=runs_root, grid=runs_root.name, device="cpu",
+                                plugins=plugins or []))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _wait(grid):
@@ -161,10 +180,6 @@ def test_failed_run_is_reported_with_its_traceback(submitted, capsys):
 
 
 def test_time_limit_requeues_and_resumes_to_the_same_result(submitted, tmp_path):
-    import torch
-
-    from kdbench.engine import RunJob, train_run
-
     grids, _ = submitted
     grid = grids["requeue"]
     states = _wait(grid)
@@ -174,13 +189,7 @@ def test_time_limit_requeues_and_resumes_to_the_same_result(submitted, tmp_path)
     job_log = Path(manifest.folder).glob(f"{manifest.entries[0].job_id}_0_log.out")
     assert "Caught signal SIGUSR2" in next(job_log).read_text(), "Slurm never sent the time-limit signal"
     assert record.provenance["resumed_after_epochs"][0] >= 1, "the requeued run did not resume from an epoch"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the Slurm job (cpus_per_task 1): the same summation order
-    try:
-        reference = train_run(RunJob(spec=states[0].run.spec, runs_root=tmp_path / "ref", grid="ref", device="cpu",
-                                     plugins=[PLUGIN]))
-    finally:
-        torch.set_num_threads(threads)
+    reference = _single_thread_run(states[0].run.spec, tmp_path / "ref", plugins=[PLUGIN])
     assert reference.status == "done" and not reference.provenance["resumed_after_epochs"]
     assert record.final.top1 == reference.final.top1
     assert record.final.loss == pytest.approx(reference.final.loss, rel=1e-5)
@@ -217,3 +226,21 @@ def test_missing_sbatch_is_a_clear_error_before_submitting(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "sbatch" in err and "slurm/local-cluster.sh up" in err and "--executor local" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_two_task_gloo_run_matches_one_process(submitted, tmp_path):
+    """tasks_per_node: 2 through the executor: one record from rank 0, the metrics of a single-process run."""
+    grids, _ = submitted
+    grid = grids["ddp"]
+    states = _wait(grid)
+    assert [s.state for s in states] == ["done"], [s.error_tail for s in states]
+    record = states[0].run.record
+    assert record.provenance["world_size"] == 2
+    single = _single_thread_run(states[0].run.spec, tmp_path / "one")
+    assert "world_size" not in single.provenance
+    # No BatchNorm and the loss scaled by shard size: the two processes differ only in float summation order
+    # (gradients averaged across ranks); loss terms agree to 1e-3 and top-1 within one of the 32 test images.
+    for ours, theirs in zip(record.history, single.history, strict=True):
+        assert ours.train == pytest.approx(theirs.train, rel=1e-3)
+    assert abs(record.final.top1 - single.final.top1) <= 100 / 32 + 1e-9
+    assert record.final.loss == pytest.approx(single.final.loss, rel=1e-3)
