@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -94,6 +95,15 @@ def _print_plan(grid: GridConfig, results_root: str | None) -> list:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from kdbench.engine.distributed import dist_info_from_env
+
+    if dist_info_from_env().is_main:
+        return _run(args)
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # torchrun/srun ranks > 0: rank 0 prints
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from kdbench.grid import grid_paths, run_grid, tracking_target
 
     grid = load_grid(args.grid, data_root=args.data_root)

@@ -94,3 +94,15 @@ def test_failed_runs_give_exit_code_1(tiny_grid_raw, tmp_path):
     grid.write_text(yaml.safe_dump(raw))
     result = _kdbench("run", str(grid))
     assert result.returncode == 1 and "failed:" in result.stdout and "NonFiniteLossError" in result.stdout
+
+
+@pytest.mark.parametrize(("rank", "prints"), [("0", True), ("1", False)])
+def test_only_rank_0_of_a_launched_grid_prints(tiny_grid_raw, tmp_path, monkeypatch, capsys, rank, prints):
+    from kdbench.cli import main
+
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid_raw))
+    for name, value in {"RANK": rank, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)  # what torchrun sets in each process
+    assert main(["run", str(grid), "--dry-run"]) == 0
+    assert ("teacher runs:" in capsys.readouterr().out) is prints
