@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kdbench.cli import EXIT_OK, EXIT_RUNS_FAILED
 from kdbench.config import GridConfig
-
-EXIT_OK, EXIT_RUNS_FAILED = 0, 1
 
 
 def _print_failures(states) -> None:

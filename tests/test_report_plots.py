@@ -6,6 +6,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from report_records import synthetic_records
 
@@ -76,7 +77,8 @@ def test_top1_plot_has_one_errorbar_series_per_method_with_the_intervals():
         assert mcolors.to_hex(line.get_color()) == COLORS[container.get_label()]
     assert _legend_labels(fig) == ["vanilla", "kd", "dkd", "trg"]
     assert "hollow marker: n < 3" in ax.get_title()
-    assert len(ax.collections) >= 1  # the hollow marker over the n = 2 cell
+    hollow = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(hollow) == 1 and len(hollow[0].get_offsets()) == 1  # the hollow marker over the one n = 2 cell
     assert ax.get_ylabel() == "final-epoch top-1 (%)"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet56→\nresnet20", "wrn_40_2→\nwrn_16_2"]
 

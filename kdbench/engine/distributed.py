@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from kdbench.engine.environment import resolve_device
 
 #: MASTER_PORT derived from SLURM_JOB_ID: SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN (unprivileged, below the
 #: usual ephemeral range 32768+, so concurrent jobs on one node rarely collide).
@@ -90,6 +93,7 @@ def first_host(nodelist: str) -> str:
     return re.sub(r"\[([^\]]*)\]", lambda match: re.split(r"[,-]", match.group(1))[0], entry)
 
 
+@functools.lru_cache(maxsize=8)  # asked once per run by the CLI, runner and engine: one scontrol call
 def slurm_first_host(nodelist: str) -> str:
     """First host of ``nodelist`` via ``scontrol show hostnames`` when available, else ``first_host``."""
     scontrol = shutil.which("scontrol")
@@ -141,7 +145,7 @@ def dist_info_from_env(env: Mapping[str, str] | None = None) -> DistInfo:
 
 def device_for(name: str, info: DistInfo) -> torch.device:
     """The device of this rank: 'auto' is CUDA when available, else CPU; a CUDA rank gets cuda:LOCAL_RANK."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    device = resolve_device(name)
     if device.type == "cuda" and info.distributed and device.index is None:
         count = torch.cuda.device_count()
         if info.local_rank >= count:
@@ -200,13 +204,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place and return it."""
     if active_world() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Overwrite ``tensor`` on every rank with rank ``src``'s values; return it."""
-    if active_world() > 1:
-        dist.broadcast(tensor, src=src)
     return tensor
 
 

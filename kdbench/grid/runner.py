@@ -82,7 +82,8 @@ def _save_grid_file(grid_dir: Path, grid_text: str) -> None:
     atomic_write(target, lambda handle: handle.write(grid_text.encode()))
 
 
-def _archive_failed(run_dir: Path) -> None:
+def archive_failed(run_dir: Path) -> None:
+    """Move a failed record aside (record.failed-<time>.json) before the run is tried again."""
     record = run_dir / RECORD_NAME
     if record.is_file():
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -105,11 +106,6 @@ def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths, is_main:
             log.warning("MLflow store %s unavailable (%s); runs go on with records only", target[0], error)
             target = None
     return target
-
-
-def archive_failed(run_dir: Path) -> None:
-    """Move a failed record aside (record.failed-<time>.json) before the run is tried again."""
-    _archive_failed(run_dir)
 
 
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
@@ -146,7 +142,7 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                 outcome.blocked.append(run.spec)
                 continue
             if run.status == "failed" and ranks.is_main:
-                _archive_failed(paths.runs_root / run.spec.run_id)
+                archive_failed(paths.runs_root / run.spec.run_id)
             jobs.append(RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                                device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                                tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] ",

@@ -11,7 +11,7 @@ import pandas as pd
 from kdbench.report.errors import ReportError
 from kdbench.report.frames import ReportFrames, load_frames
 from kdbench.report.groups import GroupRule
-from kdbench.report.render import FORMATS, markdown, write_table
+from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
 from kdbench.tracking.record import RECORD_NAME
 
@@ -201,8 +201,6 @@ def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...]) 
         report.written += write_table(table, out_dir, formats)
     if "terminal" in formats:
         path = Path(out_dir) / "report.md"
-        from kdbench.report.render import atomic_write_text
-
         atomic_write_text(path, report.text() + "\n")
         report.written.append(path)
     return report

@@ -24,7 +24,7 @@ from kdbench.report.stats import describe
 from kdbench.report.tables import table_runs
 from kdbench.tracking.atomic import atomic_write
 
-FORMATS = ("png", "pdf")
+PLOT_FORMATS = ("png", "pdf")
 KINDS = ("top1", "rho", "groups", "per_class", "curves")
 #: Training-loop columns of the curves frame that are not loss terms.
 _NOT_LOSS = {"train_top1"}
@@ -161,7 +161,7 @@ def _curve_means(history: pd.DataFrame) -> pd.DataFrame:
     return long.groupby(["method", "epoch", "term"], sort=True)["value"].mean().reset_index()
 
 
-def save_plot(plot: Plot, out_dir: str | Path, formats: tuple[str, ...] = FORMATS) -> SavedPlot:
+def save_plot(plot: Plot, out_dir: str | Path, formats: tuple[str, ...] = PLOT_FORMATS) -> SavedPlot:
     """Write ``plot`` as ``<out_dir>/<name>.<format>`` for each format (atomically) and close its figure."""
     paths = {}
     for fmt in formats:
@@ -173,6 +173,6 @@ def save_plot(plot: Plot, out_dir: str | Path, formats: tuple[str, ...] = FORMAT
 
 
 def write_plots(frames: ReportFrames, out_dir: str | Path, rule: GroupRule = RULES["default"],
-                colors: dict[str, str] | None = None, formats: tuple[str, ...] = FORMATS) -> list[SavedPlot]:
+                colors: dict[str, str] | None = None, formats: tuple[str, ...] = PLOT_FORMATS) -> list[SavedPlot]:
     """Draw and save every figure of the grid under ``out_dir``; the saved plots in drawing order."""
     return [save_plot(plot, out_dir, formats) for plot in grid_plots(frames, rule, colors)]

@@ -17,17 +17,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kdbench.report.groups import GROUPS
+from kdbench.report.stats import MIN_SEEDS
+
 #: Baselines keep one colour in every grid: vanilla grey, kd black.
 FIXED_COLORS = {"vanilla": "#7f7f7f", "kd": "#000000"}
 #: The other methods take these in the order of their sorted names (tab10 without grey and the teacher's brown,
 #: then tab20's light tones).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2", "#bcbd22", "#17becf",
            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
-GROUP_ORDER = ["many", "medium", "few"]
 COUNT_COLOR = "#d9d9d9"
 TEACHER_COLOR = "#8c564b"
-#: PROTOCOL.md: fewer seeds than this are flagged.
-MIN_SEEDS = 3
 #: Group bars carry their value as text when there are at most this many methods.
 VALUE_LABELS_UP_TO = 6
 
@@ -118,7 +118,7 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
     highs = cells["ci_high"].fillna(cells["mean"])
     _percent_limits(ax, min([float(lows.min()), *extra]), max([float(highs.max()), *extra]))
     ax.grid(axis="y", alpha=0.3)
-    flag = "\nhollow marker: n < 3 seeds" if (cells["n"] < MIN_SEEDS).any() else ""
+    flag = f"\nhollow marker: n < {MIN_SEEDS} seeds" if (cells["n"] < MIN_SEEDS).any() else ""
     ax.set_title(f"{title}\nmean over seeds with 95% t-interval{flag}", fontsize="medium")
     _legend_outside(fig, [ax], cells["method"])
     return fig
@@ -167,7 +167,7 @@ def plot_groups(groups: pd.DataFrame, colors: dict[str, str], title: str, rule: 
     has NaN mean and is labelled "empty" instead of a bar. ``rule`` is printed under the title.
     """
     methods = method_order(groups["method"])
-    present = [g for g in GROUP_ORDER if g in set(groups["group"])]
+    present = [g for g in GROUPS if g in set(groups["group"])]
     width = 0.8 / max(1, len(methods))
     fig = _new_figure(max(6.0, 3.0 + 0.25 * len(methods) * len(present)), 4.2)
     ax = fig.add_subplot()

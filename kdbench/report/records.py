@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench.report.frames import RUN_COLUMNS, frames_from_records, read_records, runs_frame
-
-COLUMNS = RUN_COLUMNS
+from kdbench.report.frames import frames_from_records, read_records, runs_frame
 
 
 def load_records(runs_root: str | Path) -> pd.DataFrame:

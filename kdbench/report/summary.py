@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kdbench.report.stats import describe
+
 GROUP = ["dataset", "pair", "method"]
 
 
 def summary_table(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
     """Finished runs grouped by dataset, pair and method: mean, sample std (ddof=1) and n of ``metric``."""
     done = records[records["status"] == "done"]
-    grouped = done.groupby(GROUP, sort=True)[metric]
-    table = grouped.agg(mean="mean", std=lambda s: s.std(ddof=1), n="count").reset_index()
-    stage_order = done.drop_duplicates(GROUP).set_index(GROUP)["stage"]
-    table["stage"] = [stage_order.loc[tuple(row)] for row in table[GROUP].itertuples(index=False)]
+    stages = done.drop_duplicates(GROUP)[[*GROUP, "stage"]]
+    table = describe(done, GROUP, metric)[[*GROUP, "mean", "std", "n"]].merge(stages, on=GROUP)
     return table.sort_values(["dataset", "stage", "pair", "method"], ascending=[True, False, True, True],
                              ignore_index=True)
 

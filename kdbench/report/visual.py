@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kdbench.report.build import Report, apply_filters, parse_filters, resolve_source
 from kdbench.report.errors import ReportError
-from kdbench.report.figures import FORMATS, SavedPlot, grid_colors, write_plots
+from kdbench.report.figures import PLOT_FORMATS, SavedPlot, grid_colors, write_plots
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GroupRule, group_rule
 from kdbench.report.html import REPORT_NAME, HtmlTable, write_html
@@ -18,9 +18,9 @@ PLOTS_DIR = "plots"
 def parse_plot_formats(text: str) -> tuple[str, ...]:
     """'png,pdf' → ('png', 'pdf'); ReportError naming the allowed formats otherwise."""
     formats = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in PLOT_FORMATS]
     if not formats or unknown:
-        raise ReportError(f"--plot-format {text!r}: allowed formats are {', '.join(FORMATS)} (comma-separated)")
+        raise ReportError(f"--plot-format {text!r}: allowed formats are {', '.join(PLOT_FORMATS)} (comma-separated)")
     return formats
 
 
