@@ -35,6 +35,7 @@ from kdbench.engine.environment import configure_threads, peak_memory_bytes, pro
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.loop import train_epoch
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
+from kdbench.faults import failpoint
 from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
 from kdbench.tracking.mlflow_sink import MlflowSink
@@ -172,6 +173,7 @@ def train_run(job: RunJob) -> RunRecord:
         return record  # a failed rank does not wait: the group may be broken
     record.provenance.update(started_at=started, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_record(run_dir, record)
+    failpoint("after-record")  # tests: a kill between the record write and the MLflow update
     for observer in observers:
         observer.on_end(record)
     if record.status == "done":
