@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdbench.config import ConfigError, GridConfig, load_grid
+from kdbench.config import ConfigError, GridConfig, check_device, load_grid
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the grid's executor")
     run.add_argument("--wait", action="store_true", help="slurm: block with progress lines until all runs ended")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    run.add_argument("--rerun", choices=["failed"], help="also run again the runs that failed")
+    run.add_argument("--rerun", action="append", choices=["failed", "stale"], default=[],
+                     help="also train again the runs that failed, or the done runs trained by other code or teacher "
+                          "weights (stale); repeatable")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     status = commands.add_parser("status", help="done / failed / interrupted / new runs per stage")
     _add_grid_arguments(status)
@@ -82,14 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_plan(grid: GridConfig, results_root: str | None) -> list:
     from kdbench.grid import plan_grid
-    from kdbench.grid.status import status_counts
+    from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
     paths, planned = plan_grid(grid, results_root)
     counts = status_counts(planned)
     for stage in ("teacher", "student"):
         c = counts[stage]
-        print(f"{stage} runs: {sum(c.values())} ({c['done']} done, {c['failed']} failed, "
-              f"{c['interrupted']} interrupted, {c['new']} new)")
+        stale = f" ({c['stale']} stale)" if c["stale"] else ""
+        print(f"{stage} runs: {sum(c[s] for s in STATUSES)} ({c['done']} done{stale}, {c['failed']} failed, "
+              f"{c['running']} running, {c['interrupted']} interrupted, {c['new']} new)")
+    for line in stale_summary(planned):
+        print(f"warning: {line}")
     print(f"results: {paths.grid_dir}")
     return planned
 
@@ -107,6 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     from kdbench.grid import grid_paths, run_grid, tracking_target
 
     grid = load_grid(args.grid, data_root=args.data_root)
+    if args.device is not None:
+        try:
+            check_device(args.device)
+        except ValueError as error:
+            raise ConfigError(f"--device: {error}") from None
     if (args.executor or grid.executor.kind) == "slurm" and not args.dry_run:
         from kdbench.grid.slurm_cli import require_sbatch
 
@@ -127,22 +137,31 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_on_slurm(grid, args)
     outcome = run_grid(grid, args.grid.read_text(), results_root=args.results, executor=args.executor,
-                       rerun_failed=args.rerun == "failed", device=args.device)
+                       rerun=args.rerun, device=args.device)
     paths = grid_paths(grid, args.results)
     print(f"\nran {len(outcome.ran)} runs in {outcome.seconds:.0f} s ({len(outcome.failed)} failed); "
           f"{outcome.skipped_done} already done", end="")
     print(f"; {outcome.skipped_failed} failed earlier (use --rerun failed)" if outcome.skipped_failed else "")
+    for busy in outcome.busy:
+        print(f"skipped: {busy.describe()}")
     for spec in outcome.blocked:
         print(f"blocked (teacher not done): {spec.run_id} {spec.describe()}")
     for record in outcome.failed:
         print(f"failed: {record.run_id} {record.label} {record.pair} {record.dataset} seed {record.seed}: "
               f"{record.reason}")
+    if outcome.resource_error is not None:
+        print(f"error: {outcome.resource_error}; the grid stopped with {outcome.not_started} runs untrained. "
+              "Free space or fix the folder, then run the same command again: runs resume from their last "
+              "checkpoints", file=sys.stderr)
+        return EXIT_RUNS_FAILED
     _print_report(paths.runs_root)
     print(f"\nrecords: {paths.runs_root}")
     target = tracking_target(grid, paths)
     if target is not None:
         print(f"MLflow:  {target[0]} (experiment '{target[1]}'; view with `mlflow ui --backend-store-uri {target[0]}`)")
-    return EXIT_RUNS_FAILED if outcome.failed or outcome.blocked else EXIT_OK
+    if outcome.failed_remaining and not outcome.failed:
+        print(f"{outcome.failed_remaining} runs of this grid have failed (use --rerun failed)")
+    return EXIT_RUNS_FAILED if outcome.failed_remaining or outcome.blocked else EXIT_OK
 
 
 def _print_report(runs_root: Path) -> None:
@@ -164,8 +183,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return slurm_status(grid, args)
     planned = _print_plan(grid, args.results)
     for run in planned:
-        if run.status == "failed" and run.record is not None:
+        if run.status == "running":
+            print(f"  running {run.spec.run_id} {run.spec.describe()}: "
+                  f"{run.holder.describe() if run.holder else 'holder unknown'}")
+        elif run.status == "failed" and run.record is not None:
             print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.record.reason}")
+        elif run.stale:
+            print(f"  stale {run.spec.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
     return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
 
 
@@ -175,6 +199,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report = run_report(args)
     if args.format in ("terminal", "all"):
         print(report.text())
+    else:
+        for note in report.notes:
+            print(note)
     print(f"\nwrote {len(report.written)} files under {report.written[0].parent}" if report.written else "")
     return EXIT_OK
 
@@ -235,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as error:  # the machine's failure (disk full, read-only or forbidden folder): one line
+        from kdbench.tracking.resources import as_resource_error
+
+        resource = as_resource_error(error)
+        if resource is None:
+            raise
+        print(f"error: {resource}", file=sys.stderr)
+        return EXIT_RUNS_FAILED
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
         return 130

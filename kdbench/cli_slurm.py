@@ -22,7 +22,7 @@ def run_on_slurm(grid: GridConfig, args: argparse.Namespace) -> int:
     from kdbench.grid.slurm_submit import format_counts, submit_grid, wait_for_grid
 
     outcome = submit_grid(grid, args.grid.read_text(), results_root=args.results,
-                          rerun_failed=args.rerun == "failed", device=args.device)
+                          rerun=args.rerun, device=args.device)
     print(f"submitted {len(outcome.submitted['teacher'])} teacher and {len(outcome.submitted['student'])} student "
           f"runs as {len(outcome.array_job_ids)} Slurm array job(s) {' '.join(outcome.array_job_ids)}; "
           f"{outcome.skipped_done} done, {outcome.skipped_active} already queued or running"

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -134,6 +135,16 @@ class Override(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+
+
+def check_device(value: str) -> str:
+    """A device name kdbench accepts (auto, cpu, mps, cuda, cuda:N); ValueError naming the value otherwise."""
+    if not DEVICE_PATTERN.match(str(value)):
+        raise ValueError(f"'{value}' is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+    return str(value)
+
+
 class ExecutorConfig(BaseModel):
     """Where runs execute."""
 
@@ -142,6 +153,11 @@ class ExecutorConfig(BaseModel):
     kind: Literal["local", "debug", "slurm"] = "local"
     workers: int = Field(default=1, ge=1, description="local: parallel run processes")
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
 
 
 class TrackingConfig(BaseModel):
@@ -159,7 +175,7 @@ class GridConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="a plain name: the results folder results/<name>")
     plugins: list[str] = Field(default_factory=list)
     datasets: list[DatasetSpec] = Field(min_length=1)
     pairs: list[PairConfig] = Field(min_length=1)
@@ -173,6 +189,14 @@ class GridConfig(BaseModel):
     cluster: ClusterConfig | None = Field(default=None, description="Slurm resources (executor kind slurm)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: str = Field(default="results", description="results root; relative to the working directory")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value):
+            raise ValueError(f"'{value}' is not a plain name; allowed: letters, digits, _ . - (no path separators, "
+                             "no leading dot, not '.' or '..')")
+        return value
 
     @field_validator("seeds")
     @classmethod

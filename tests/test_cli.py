@@ -66,7 +66,7 @@ def test_dry_run_then_run_status_report(tiny_grid_raw, tmp_path):
     grid.write_text(yaml.safe_dump(raw))
     dry = _kdbench("run", str(grid), "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "teacher runs: 1 (0 done, 0 failed, 0 interrupted, 1 new)" in dry.stdout
+    assert "teacher runs: 1 (0 done, 0 failed, 0 running, 0 interrupted, 1 new)" in dry.stdout
     assert "student runs: 4 (0 done" in dry.stdout
     assert not (Path(raw["output"]) / "tiny" / "runs").exists()
 

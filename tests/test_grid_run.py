@@ -87,7 +87,7 @@ def test_failed_run_does_not_stop_the_grid_and_rerun_keeps_history(tiny_grid_raw
     assert "NonFiniteLossError" in failed.reason and failed.traceback
 
     assert run_grid(grid, "x").skipped_failed == 1  # not retried unless asked
-    retried = run_grid(grid, "x", rerun_failed=True)
+    retried = run_grid(grid, "x", rerun=["failed"])
     assert [r.method for r in retried.ran] == ["explodes"]
     run_dir = grid_paths(grid).runs_root / failed.run_id
     archived = list(run_dir.glob("record.failed-*.json"))

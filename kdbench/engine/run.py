@@ -16,11 +16,23 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers the built-in methods in any worker process)
+from kdbench.codeid import code_identity, stale_reasons
 from kdbench.config import import_plugins
 from kdbench.data import DataBundle, build_data
 from kdbench.data.batches import check_shardable
 from kdbench.engine.assemble import assemble_training
-from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, file_sha256, load_checkpoint, save_atomic
+from kdbench.engine.checkpoint import (
+    MODEL_NAME,
+    CorruptCheckpointError,
+    checkpoint_files,
+    discard_checkpoint,
+    file_sha256,
+    load_checkpoint,
+    load_weights_only,
+    remove_checkpoints,
+    save_atomic,
+    save_checkpoint,
+)
 from kdbench.engine.distributed import (
     SINGLE,
     DistInfo,
@@ -38,8 +50,20 @@ from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_ev
 from kdbench.faults import failpoint
 from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
+from kdbench.tracking.atomic import remove_temporaries
+from kdbench.tracking.lock import LOCK_NAME, FileLock, LockHolder, lock_holder
 from kdbench.tracking.mlflow_sink import MlflowSink
-from kdbench.tracking.record import BestVal, EpochLog, EvalResult, RunRecord, TeacherInfo, read_record, write_record
+from kdbench.tracking.record import (
+    BestVal,
+    EpochLog,
+    EvalResult,
+    RunRecord,
+    TeacherInfo,
+    archive_record,
+    read_record,
+    write_record,
+)
+from kdbench.tracking.resources import as_resource_error
 
 log = logging.getLogger("kdbench")
 
@@ -56,6 +80,20 @@ class TeacherError(RuntimeError):
     """The teacher a student needs is missing, unfinished, or its weights do not match its record."""
 
 
+@dataclass(frozen=True)
+class RunBusy:
+    """A run another process is training right now (it holds the run's lock): skipped here."""
+
+    run_id: str
+    description: str
+    holder: LockHolder | None
+
+    def describe(self) -> str:
+        """'<run> is running elsewhere: host, pid N, since T'."""
+        where = self.holder.describe() if self.holder is not None else "holder unknown"
+        return f"{self.run_id} {self.description} is running elsewhere: {where}"
+
+
 @dataclass
 class RunJob:
     """A picklable unit of work for any executor: one spec and where its results go."""
@@ -67,6 +105,7 @@ class RunJob:
     tracking_uri: str | None = None
     tracking_experiment: str | None = None
     label: str = ""
+    rerun_stale: bool = False  # train again when the done record's code or teacher differs from today's
     plugins: list[str] = field(default_factory=list)  # absolute files or module names, imported in the worker
     observers: list[RunObserver] = field(default_factory=list)
 
@@ -82,7 +121,7 @@ class RunJob:
             sinks.append(MlflowSink(self.tracking_uri, self.tracking_experiment))
         return [*self.observers, *sinks]
 
-    def __call__(self) -> RunRecord:
+    def __call__(self) -> RunRecord | RunBusy:
         return train_run(self)
 
 
@@ -111,14 +150,26 @@ def load_teacher(spec: RunSpec, runs_root: Path, num_classes: int,
     if checksum != record.model_sha256:
         raise TeacherError(f"teacher weights {weights} do not match the sha256 in its record; refusing them")
     teacher = build_model(spec.teacher.arch, num_classes, **spec.teacher.arch_kwargs)
-    teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    teacher.load_state_dict(load_weights_only(weights))
     teacher.to(device).eval().requires_grad_(False)
     info = TeacherInfo(run_id=spec.teacher.run_id, arch=spec.teacher.arch, sha256=checksum, top1=record.final.top1)
     return teacher, info
 
 
+class _RunLogHandler(logging.FileHandler):
+    """The run's log.txt; a failed write (a full disk) is dropped silently: the checkpoint write reports it."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
+def _stale(record: RunRecord, job: RunJob) -> list[str]:
+    teacher = read_record(job.runs_root / job.spec.teacher.run_id) if job.spec.teacher is not None else None
+    return stale_reasons(record, teacher)
+
+
 def _attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = _RunLogHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     if log.level == logging.NOTSET or log.level > logging.INFO:
@@ -131,25 +182,59 @@ def _base_record(job: RunJob) -> dict[str, Any]:
     return dict(run_id=spec.run_id, grid=job.grid, stage=spec.stage, method=spec.method, label=spec.display_method,
                 arch=spec.arch, pair=spec.pair, dataset=spec.dataset.variant, seed=spec.seed,
                 subset_seed=spec.dataset.subset_seed, spec=spec.model_dump(mode="json"),
-                config_sha256=hashlib.sha256(spec.canonical_json().encode()).hexdigest())
+                config_sha256=hashlib.sha256(spec.canonical_json().encode()).hexdigest(),
+                code=code_identity(spec.method))
 
 
-def train_run(job: RunJob) -> RunRecord:
+def train_run(job: RunJob) -> RunRecord | RunBusy:
     """Train one run to the end (or resume it) and write its record; failures become a failed record.
 
+    One writer per run: the process that trains a run holds the flock on ``<run dir>/.lock`` (the kernel
+    releases it when the process dies); a run locked by another process is skipped and returned as RunBusy.
+    A full disk or an unwritable results folder raises ResourceError and is not recorded as the run's failure.
+
     Under torch.distributed (one process per device, see engine/distributed.py) every rank trains and only
-    rank 0 writes the log file, checkpoints, weights, record and MLflow; the other ranks wait for the record.
+    rank 0 takes the lock and writes the log file, checkpoints, weights, record and MLflow; the other ranks
+    wait for the record.
     """
-    run_dir = job.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    existing = read_record(run_dir)
-    if existing is not None and existing.status == "done":
-        return existing
     setup_error: DistributedSetupError | None = None
     try:
         ranks = dist_info_from_env()
     except DistributedSetupError as error:
         ranks, setup_error = SINGLE, error
+    lock = FileLock(job.run_dir / LOCK_NAME) if ranks.is_main else None
+    try:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        if lock is not None and not lock.acquire():
+            return RunBusy(job.spec.run_id, job.spec.describe(), lock_holder(lock.path))
+        return _train_locked(job, ranks, setup_error)
+    except Exception as error:
+        resource = as_resource_error(error)
+        if resource is not None:
+            raise resource from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(job: RunJob, ranks: DistInfo, setup_error: DistributedSetupError | None) -> RunRecord:
+    run_dir = job.run_dir
+    existing = read_record(run_dir)
+    if existing is not None and existing.status == "done":
+        stale = _stale(existing, job) if job.rerun_stale else []
+        if not stale:
+            if ranks.is_main:
+                remove_checkpoints(run_dir)  # left by a kill between the record write and the clean-up
+            return existing
+        if ranks.is_main:
+            archive_record(run_dir, "stale")
+            log.info("%s: trained again (%s changed); the old record and weights are kept beside it",
+                     job.spec.describe(), ", ".join(stale))
+    elif existing is not None and ranks.is_main:
+        archive_record(run_dir, "failed")
+    if ranks.is_main:
+        remove_temporaries(run_dir)
     handler = _attach_log_file(run_dir) if ranks.is_main else None
     import_plugins(job.plugins, Path.cwd())  # a spawned worker or Slurm task starts with built-in methods only
     observers = job.all_observers() if ranks.is_main else []
@@ -159,6 +244,8 @@ def train_run(job: RunJob) -> RunRecord:
             raise setup_error
         record = _train(job, observers, ranks)
     except Exception as error:  # the grid goes on; the reason is recorded
+        if as_resource_error(error) is not None:
+            raise  # the machine's failure, not the run's: nothing is recorded, the grid stops
         log.error("%s failed: %s: %s", job.spec.describe(), type(error).__name__, error)
         record = RunRecord(status="failed", reason=f"{type(error).__name__}: {error}",
                            traceback=traceback.format_exc(), **_base_record(job))
@@ -177,10 +264,78 @@ def train_run(job: RunJob) -> RunRecord:
     for observer in observers:
         observer.on_end(record)
     if record.status == "done":
-        (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # the final weights are kept in model.pt
+        remove_checkpoints(run_dir)  # the final weights are kept in model.pt
         if ranks.distributed:
             barrier()
     return record
+
+
+@dataclass
+class _Setup:
+    """Everything a run trains with, built from its spec (again, after a checkpoint that failed to apply)."""
+
+    data: DataBundle
+    test_set: Any
+    val_set: Any
+    student: nn.Module
+    teacher_info: TeacherInfo | None
+    parts: Any
+    scheduler: Any
+
+
+def _setup(job: RunJob, device: torch.device, ranks: DistInfo) -> _Setup:
+    spec, recipe = job.spec, job.spec.recipe
+    seed_everything(spec.seed)
+    info = model_info(spec.arch, **spec.arch_kwargs)
+    data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
+    train_set, test_set = data.train.to(device), data.test.to(device)
+    val_set = data.val.to(device) if data.val is not None else None
+    student = build_model(spec.arch, data.num_classes, **spec.arch_kwargs).to(device)
+    teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
+                             if spec.teacher is not None else (None, None))
+    parts = assemble_training(method=spec.method, params=spec.params, student=student, teacher=teacher, data=data,
+                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed, dist=ranks)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(parts.optimizer, milestones=list(recipe.milestones),
+                                                     gamma=recipe.gamma)
+    return _Setup(data, test_set, val_set, student, teacher_info, parts, scheduler)
+
+
+def _apply_checkpoint(checkpoint: dict[str, Any], built: _Setup) -> _State:
+    built.student.load_state_dict(checkpoint["student"])
+    built.parts.loss.load_state_dict(checkpoint["loss"])
+    built.parts.optimizer.load_state_dict(checkpoint["optimizer"])
+    built.scheduler.load_state_dict(checkpoint["scheduler"])
+    state = _State.model_validate(checkpoint["state"])
+    restore_rng_state(checkpoint["rng"])
+    return state
+
+
+def _resume(job: RunJob, device: torch.device, ranks: DistInfo) -> tuple[_Setup, _State]:
+    """Build the run and restore the newest usable checkpoint; unusable ones are moved aside (main rank)."""
+    built = _setup(job, device, ranks)
+    if ranks.distributed and not ranks.is_main:
+        barrier()  # rank 0 has set aside what it could not use
+    candidates = checkpoint_files(job.run_dir)
+    for path in candidates:
+        try:
+            state = _apply_checkpoint(load_checkpoint(path), built)
+        except (CorruptCheckpointError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
+            if ranks.is_main:
+                discard_checkpoint(path, f"{type(error).__name__}: {error}")
+            built = _setup(job, device, ranks)  # a half-applied checkpoint must not leak into the next try
+            continue
+        state.resumed_from.append(state.epoch)
+        log.info("%s: resuming after epoch %d%s", job.spec.describe(), state.epoch,
+                 "" if path == candidates[0] else f" from the previous checkpoint {path.name}")
+        break
+    else:
+        state = _State()
+        if candidates:
+            log.warning("warning: %s: no usable checkpoint in %s; training from scratch", job.spec.describe(),
+                        job.run_dir)
+    if ranks.distributed and ranks.is_main:
+        barrier()
+    return built, state
 
 
 def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) -> RunRecord:
@@ -190,31 +345,11 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     ranks = init_distributed(device)
     if ranks.distributed:
         check_shardable(recipe.batch_size, ranks.world_size)
-    seed_everything(spec.seed)
-    info = model_info(spec.arch, **spec.arch_kwargs)
-    data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
-    train_set, test_set = data.train.to(device), data.test.to(device)
-    val_set = data.val.to(device) if data.val is not None else None
-
-    student = build_model(spec.arch, data.num_classes, **spec.arch_kwargs).to(device)
-    teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
-                             if spec.teacher is not None else (None, None))
-    parts = assemble_training(method=spec.method, params=spec.params, student=student, teacher=teacher, data=data,
-                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed, dist=ranks)
+    built, state = _resume(job, device, ranks)
+    data, test_set, val_set, student, teacher_info = (built.data, built.test_set, built.val_set, built.student,
+                                                      built.teacher_info)
+    parts, scheduler = built.parts, built.scheduler
     loss, optimizer, autocast = parts.loss, parts.optimizer, parts.autocast
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(recipe.milestones), gamma=recipe.gamma)
-
-    state = _State()
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    if checkpoint is not None:
-        student.load_state_dict(checkpoint["student"])
-        loss.load_state_dict(checkpoint["loss"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        state = _State.model_validate(checkpoint["state"])
-        state.resumed_from.append(state.epoch)
-        restore_rng_state(checkpoint["rng"])
-        log.info("%s: resuming after epoch %d", spec.describe(), state.epoch)
     broadcast_state(student, loss)  # every rank starts from rank 0's weights and method state
 
     for observer in observers:
@@ -239,6 +374,7 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         if not ranks.is_main:
             continue
         _save_checkpoint(run_dir, student, loss, optimizer, scheduler, state)
+        failpoint(f"after-checkpoint:{epoch}")  # tests: a kill right after epoch N's checkpoint
         for observer in observers:
             observer.on_epoch(entry)
         val_text = f" val {entry.val_top1:.2f}" if entry.val_top1 is not None else ""
@@ -275,4 +411,4 @@ def _save_checkpoint(run_dir: Path, student: nn.Module, loss: nn.Module, optimiz
         "state": state.model_dump(),
         "saved_at": time.time(),
     }
-    save_atomic(payload, run_dir / CHECKPOINT_NAME)
+    save_checkpoint(payload, run_dir)

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kdbench.codeid import stale_reasons
 from kdbench.config import ConfigError, GridConfig
-from kdbench.engine import RunJob
+from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import expand_grid
 from kdbench.grid.needs import check_method_needs
-from kdbench.grid.status import PlannedRun, plan_runs, run_status
+from kdbench.grid.status import PlannedRun, plan_runs, run_status, stale_summary
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
-from kdbench.tracking.record import RECORD_NAME, RunRecord
+from kdbench.tracking.record import RunRecord, archive_record, read_record
+from kdbench.tracking.resources import ResourceError
 
 log = logging.getLogger("kdbench")
 
@@ -63,6 +65,12 @@ class GridOutcome:
     skipped_done: int = 0
     skipped_failed: int = 0
     blocked: list[RunSpec] = field(default_factory=list)
+    busy: list[RunBusy] = field(default_factory=list)
+    stale_warnings: list[str] = field(default_factory=list)
+    stale_skipped: int = 0
+    resource_error: ResourceError | None = None
+    not_started: int = 0
+    failed_remaining: int = 0
     seconds: float = 0.0
 
     @property
@@ -83,11 +91,8 @@ def _save_grid_file(grid_dir: Path, grid_text: str) -> None:
 
 
 def archive_failed(run_dir: Path) -> None:
-    """Move a failed record aside (record.failed-<time>.json) before the run is tried again."""
-    record = run_dir / RECORD_NAME
-    if record.is_file():
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        record.rename(run_dir / f"record.failed-{stamp}.json")
+    """Move a failed record aside (record.failed-<time>.json) before the run is submitted again."""
+    archive_record(run_dir, "failed")
 
 
 def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths, is_main: bool = True) -> tuple[str, str] | None:
@@ -109,8 +114,13 @@ def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths, is_main:
 
 
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
-             rerun_failed: bool = False, device: str | None = None) -> GridOutcome:
-    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked."""
+             rerun: Collection[str] = (), device: str | None = None) -> GridOutcome:
+    """Run every run that is not done, teachers first; a student whose teacher is not done is blocked.
+
+    ``rerun``: 'failed' trains failed runs again, 'stale' done runs whose code or teacher changed. A run another
+    process is training is skipped (outcome.busy). A full disk or unwritable results folder stops the grid
+    (outcome.resource_error) without recording it as any run's failure.
+    """
     if (executor or grid.executor.kind) == "slurm":
         raise ConfigError("executor 'slurm' submits and returns: use kdbench.grid.slurm_submit.submit_grid "
                           "(`kdbench run GRID --executor slurm` does)")
@@ -123,40 +133,75 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                           "processes trains each run on all of them; allowed: workers: 1")
     paths, planned = plan_grid(grid, results_root)
     target = prepare_results(grid, grid_text, paths, is_main=ranks.is_main)
-    outcome = GridOutcome()
+    outcome = GridOutcome(stale_warnings=stale_summary(planned))
     to_run: list[PlannedRun] = []
     for run in planned:
-        if run.status == "done":
+        if run.status == "done" and not (run.stale and "stale" in rerun):
             outcome.skipped_done += 1
-        elif run.status == "failed" and not rerun_failed:
+            outcome.stale_skipped += bool(run.stale)
+        elif run.status == "failed" and "failed" not in rerun:
             outcome.skipped_failed += 1
+        elif run.status == "running":
+            outcome.busy.append(RunBusy(run.spec.run_id, run.spec.describe(), run.holder))
         else:
             to_run.append(run)
     total = len(to_run)
     counter = iter(range(1, total + 1))
+
+    def job_for(spec: RunSpec, label: str) -> RunJob:
+        return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
+                      tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
+                      label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun)
+
+    retrained: set[str] = set()
     for stage in ("teacher", "student"):
+        specs = [r.spec for r in to_run if r.spec.stage == stage]
+        if stage == "student" and "stale" in rerun and retrained:
+            specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
         jobs = []
-        for run in (r for r in to_run if r.spec.stage == stage):
-            teacher_dir = paths.runs_root / run.spec.teacher.run_id if run.spec.teacher else None
-            if teacher_dir is not None and run_status(teacher_dir)[0] != "done":
-                outcome.blocked.append(run.spec)
+        for spec in specs:
+            if spec.teacher is not None and run_status(paths.runs_root / spec.teacher.run_id)[0] != "done":
+                outcome.blocked.append(spec)
                 continue
-            if run.status == "failed" and ranks.is_main:
-                archive_failed(paths.runs_root / run.spec.run_id)
-            jobs.append(RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
-                               device=device or grid.executor.device, tracking_uri=target[0] if target else None,
-                               tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] ",
-                               plugins=list(grid.plugins)))
-        for record in _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths):
-            outcome.ran.append(record)
-            log.info("%s %s: %s%s", "done" if record.status == "done" else "FAILED", record.run_id,
-                     f"{record.label} {record.pair} {record.dataset} seed {record.seed}",
-                     f" top1 {record.final.top1:.2f}" if record.final else f" ({record.reason})")
+            jobs.append(job_for(spec, f"[{next(counter, '+')}/{total}] "))
+        results = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)
+        try:
+            for result in results:
+                if isinstance(result, RunBusy):
+                    outcome.busy.append(result)
+                    log.info("skipped: %s", result.describe())
+                    continue
+                outcome.ran.append(result)
+                retrained.add(result.run_id)
+                log.info("%s %s: %s%s", "done" if result.status == "done" else "FAILED", result.run_id,
+                         f"{result.label} {result.pair} {result.dataset} seed {result.seed}",
+                         f" top1 {result.final.top1:.2f}" if result.final else f" ({result.reason})")
+        except ResourceError as error:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stop scheduling: queued runs are not started
+            outcome.resource_error = error
+            outcome.not_started = max(0, total - len(outcome.ran) - 1)
+            break
+    outcome.failed_remaining = sum(run.status == "failed" for run in plan_grid(grid, results_root)[1])
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
-def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord]:
+def _stale_by_new_teacher(planned: list[PlannedRun], retrained: set[str], runs_root: Path,
+                          outcome: GridOutcome) -> list[RunSpec]:
+    """Done students whose teacher was trained again in this invocation (their teacher weights changed)."""
+    specs = []
+    for run in planned:
+        if (run.status == "done" and not run.stale and run.spec.teacher is not None
+                and run.spec.teacher.run_id in retrained and run.record is not None
+                and stale_reasons(run.record, read_record(runs_root / run.spec.teacher.run_id))):
+            specs.append(run.spec)
+            outcome.skipped_done -= 1
+    return specs
+
+
+def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord | RunBusy]:
     if not jobs:
         return iter(())
     if kind == "debug":

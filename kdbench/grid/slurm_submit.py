@@ -6,6 +6,7 @@ import logging
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +118,7 @@ def _sbatch_message(error: Exception) -> str:
 
 
 def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None,
-                rerun_failed: bool = False, device: str | None = None) -> SlurmSubmission:
+                rerun: Collection[str] = (), device: str | None = None) -> SlurmSubmission:
     """Plan the grid, then submit every run that is neither done nor queued/running; returns without waiting."""
     require_sbatch()
     cluster = grid.cluster or ClusterConfig()
@@ -130,11 +131,11 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
     to_submit: list[PlannedRun] = []
     for run in planned:
         state = states[run.spec.run_id].state
-        if state == "done":
+        if state == "done" and not (run.stale and "stale" in rerun):
             outcome.skipped_done += 1
         elif state in ("running", "pending"):
             outcome.skipped_active += 1
-        elif run.status == "failed" and not rerun_failed:
+        elif run.status == "failed" and "failed" not in rerun:
             outcome.skipped_failed += 1
         else:
             to_submit.append(run)
@@ -154,7 +155,7 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
         return RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                       device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                       tracking_experiment=target[1] if target else None, label=f"[{run.spec.stage}] ",
-                      plugins=list(grid.plugins))
+                      plugins=list(grid.plugins), rerun_stale="stale" in rerun)
 
     teacher_jobs = {s.run.spec.run_id: s.job_id for s in states.values()
                     if s.run.spec.stage == "teacher" and s.state in ("running", "pending")}

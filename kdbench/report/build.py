@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
-from kdbench.report.frames import ReportFrames, load_frames
+from kdbench.report.frames import ReportFrames, frames_from_records
 from kdbench.report.groups import GroupRule
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
-from kdbench.tracking.record import RECORD_NAME
+from kdbench.tracking.record import RECORD_NAME, RunRecord, read_records
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,44 @@ class ReportSource:
 
     def load(self) -> ReportFrames:
         """The grid's frames; ReportError when there are no runs."""
+        return self.load_with_notes()[0]
+
+    def load_with_notes(self) -> tuple[ReportFrames, list[str]]:
+        """The grid's frames and notes on its runs (stale runs: trained by other code or teacher weights)."""
         if self.mlflow is not None:
             from kdbench.report.mlflow_frames import frames_from_mlflow
 
-            return frames_from_mlflow(*self.mlflow)
+            return frames_from_mlflow(*self.mlflow), []
         assert self.runs_root is not None
-        return load_frames(self.runs_root)
+        records = read_records(self.runs_root)
+        if not records:
+            raise ReportError(f"{self.runs_root}: no run records (record.json) found; run the grid first")
+        return frames_from_records(records), stale_notes(records)
+
+
+def stale_notes(records: list[RunRecord]) -> list[str]:
+    """One note per method whose done runs were trained by other code (or teacher weights) than today's."""
+    from kdbench.codeid import code_identity, stale_reasons
+    from kdbench.registry import UnknownNameError
+
+    by_id = {record.run_id: record for record in records}
+    identities: dict[str, dict[str, str] | None] = {}
+    stale: dict[str, list[RunRecord]] = {}
+    for record in records:
+        if record.status != "done":
+            continue
+        if record.method not in identities:
+            try:
+                identities[record.method] = code_identity(record.method)
+            except UnknownNameError:  # a plugin this report did not import: its code cannot be compared
+                identities[record.method] = None
+        current = identities[record.method]
+        teacher = by_id.get(record.teacher.run_id) if record.teacher is not None else None
+        if current is not None and stale_reasons(record, teacher, current):
+            stale.setdefault(record.label, []).append(record)
+    return [f"stale: {len(runs)} done runs of '{label}' were trained by other code or teacher weights than "
+            f"today's ({', '.join(r.run_id for r in runs[:5])}{', ...' if len(runs) > 5 else ''}); "
+            "`kdbench run GRID --rerun stale` retrains them" for label, runs in stale.items()]
 
 
 def resolve_source(target: str, results: str | None = None, data_root: str | None = None,
@@ -162,10 +194,12 @@ class Report:
     tables: list[Table]
     skipped: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
-        """All tables as markdown, then what was skipped and why."""
+        """All tables as markdown, then notes on the runs, then what was skipped and why."""
         parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
+        parts += self.notes
         parts += [f"skipped: {reason}" for reason in self.skipped]
         return "\n\n".join(parts)
 
@@ -215,10 +249,12 @@ def run_report(args) -> Report:
     filters = parse_filters(args.filter)
     sources = [resolve_source(target, args.results, args.data_root, args.from_mlflow, args.experiment)
                for target in [args.grid, args.grid_b] if target]
-    frames = [apply_filters(source.load(), filters) for source in sources]
+    loaded = [source.load_with_notes() for source in sources]
+    frames = [apply_filters(frames, filters) for frames, _ in loaded]
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
     rule = group_rule(args.group_rule)
     report = build_tables(combined, rule, group_by)
+    report.notes = [note for _, notes in loaded for note in notes]
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:
         out_dir = out_dir / f"vs-{sources[1].name}"

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
-from kdbench.tracking.record import RECORD_NAME, RunRecord
+from kdbench.tracking.record import RunRecord, read_records
 
 KEY_COLUMNS = ["run_id", "grid", "stage", "method", "pair", "dataset", "seed"]
 RUN_COLUMNS = [
@@ -72,12 +72,6 @@ class ReportFrames:
     def finished(self) -> pd.DataFrame:
         """The runs frame restricted to finished (status 'done') runs."""
         return self.runs[self.runs["status"] == "done"]
-
-
-def read_records(runs_root: str | Path) -> list[RunRecord]:
-    """Every ``record.json`` under ``runs_root`` (one folder per run), validated, in run-id order."""
-    return [RunRecord.model_validate_json(path.read_bytes())
-            for path in sorted(Path(runs_root).glob(f"*/{RECORD_NAME}"))]
 
 
 def load_frames(runs_root: str | Path) -> ReportFrames:

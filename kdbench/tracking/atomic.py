@@ -15,11 +15,23 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
+TEMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
+    """Call ``write`` on a temporary file next to ``path``, fsync it, then rename it to ``path``.
+
+    An OSError (disk full, read-only folder) is raised again with ``path`` as its file name, so that the
+    one-line diagnosis names the file that could not be written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        if error.errno is None or error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), FILE_MODE)
@@ -27,12 +39,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete leftover temporary files of interrupted atomic writes in ``folder``; return what was removed.
+
+    Call it only while holding the folder's lock: a temporary file of a live writer looks the same.
+    """
+    removed = []
+    for leftover in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
-    data = json.dumps(payload, indent=2, sort_keys=False, allow_nan=True).encode()
-    atomic_write(path, lambda handle: handle.write(data))
+    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=False, allow_nan=True).encode())

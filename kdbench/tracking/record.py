@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench.tracking.atomic import atomic_write_json
+from kdbench.tracking.corrupt import set_aside
 
 RECORD_NAME = "record.json"
 RECORD_VERSION = 1
@@ -86,6 +88,8 @@ class RunRecord(BaseModel):
     subset_seed: int
     spec: dict[str, Any]
     config_sha256: str
+    code: dict[str, str] = Field(default_factory=dict, description="sha256 of the method's source and of kdbench's "
+                                 "training code (kdbench.codeid); empty in records written before it existed")
     num_classes: int | None = None
     class_counts: list[int] = Field(default_factory=list)
     final: EvalResult | None = None
@@ -110,9 +114,42 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
     return path
 
 
-def read_record(run_dir: str | Path) -> RunRecord | None:
-    """The record in ``run_dir``, or None when there is none yet."""
-    path = Path(run_dir) / RECORD_NAME
-    if not path.is_file():
+def archive_record(run_dir: str | Path, why: str) -> Path | None:
+    """Move a run's record (and weights) aside as ``record.<why>-<time>.json`` before the run is trained again."""
+    run_dir = Path(run_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    record = run_dir / RECORD_NAME
+    if not record.is_file():
         return None
-    return RunRecord.model_validate(json.loads(path.read_text()))
+    weights = run_dir / "model.pt"
+    if weights.is_file():
+        weights.rename(run_dir / f"model.{why}-{stamp}.pt")
+    target = run_dir / f"record.{why}-{stamp}.json"
+    record.rename(target)
+    return target
+
+
+def read_record(run_dir: str | Path) -> RunRecord | None:
+    """The record in ``run_dir``, or None when there is none yet.
+
+    An unreadable record (truncated, invalid JSON, not a kdbench record) is moved aside as
+    ``record.json.corrupt-<time>`` with one warning line naming it, and the run reads as not recorded.
+    """
+    path = Path(run_dir) / RECORD_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return RunRecord.model_validate(json.loads(data))
+    except (ValueError, ValidationError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        message = (f"{error.error_count()} invalid fields, first {'.'.join(map(str, error.errors()[0]['loc']))}: "
+                   f"{error.errors()[0]['msg']}" if isinstance(error, ValidationError) else str(error))
+        set_aside(path, "record", message)
+        return None
+
+
+def read_records(runs_root: str | Path) -> list[RunRecord]:
+    """Every readable record under ``runs_root`` (one folder per run), in run-id order; corrupt ones set aside."""
+    records = (read_record(path.parent) for path in sorted(Path(runs_root).glob(f"*/{RECORD_NAME}")))
+    return [record for record in records if record is not None]

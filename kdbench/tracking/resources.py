@@ -1,0 +1,37 @@
+"""Failures of the machine rather than of the run (disk full, read-only or forbidden results folder)."""
+
+from __future__ import annotations
+
+import errno
+
+RESOURCE_ERRNOS = {
+    errno.ENOSPC: "no space left on device (ENOSPC)",
+    errno.EDQUOT: "disk quota exceeded (EDQUOT)",
+    errno.EROFS: "read-only file system (EROFS)",
+    errno.EACCES: "permission denied (EACCES)",
+    errno.EPERM: "operation not permitted (EPERM)",
+}
+
+
+class ResourceError(RuntimeError):
+    """The results folder cannot be written: the grid stops; the run is not recorded as failed."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"{cause}: {path}")
+        self.path = path
+        self.cause = cause
+
+
+def as_resource_error(error: BaseException) -> ResourceError | None:
+    """The ResourceError behind ``error`` (itself, or an OSError with a resource errno in its chain), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ResourceError):
+            return current
+        if isinstance(current, OSError) and current.errno in RESOURCE_ERRNOS:
+            path = current.filename if current.filename is not None else "(path unknown)"
+            return ResourceError(str(path), RESOURCE_ERRNOS[current.errno])
+        current = current.__cause__ or current.__context__
+    return None
