@@ -38,7 +38,7 @@ from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_ev
 from kdbench.faults import failpoint
 from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
-from kdbench.tracking.mlflow_sink import MlflowSink
+from kdbench.tracking.mlflow_sink import MlflowSink, mlflow_run_name
 from kdbench.tracking.record import BestVal, EpochLog, EvalResult, RunRecord, TeacherInfo, read_record, write_record
 
 log = logging.getLogger("kdbench")
@@ -218,7 +218,7 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     broadcast_state(student, loss)  # every rank starts from rank 0's weights and method state
 
     for observer in observers:
-        observer.on_start(spec.run_id, f"{spec.display_method}/{spec.pair}/{spec.dataset.variant}/s{spec.seed}",
+        observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
                           spec.model_dump(mode="json"), state.epoch)
     eval_args = dict(num_classes=data.num_classes, batch_size=recipe.eval_batch_size, mean=data.mean, std=data.std,
                      device=device, autocast=autocast, dist=ranks)
