@@ -29,7 +29,7 @@ from kdbench.report.frames import (
     runs_frame,
     with_epoch_totals,
 )
-from kdbench.tracking.mlflow_sink import PER_CLASS_ARTIFACT, RUN_ID_TAG
+from kdbench.tracking.mlflow_sink import PER_CLASS_ARTIFACT, RUN_ID_TAG, newest_runs
 
 EPOCH_METRICS = {"lr": "lr", "test_top1": "test_top1", "test_top5": "test_top5", "val_top1": "val_top1",
                  "epoch_seconds": "seconds", "images_per_s": "images_per_s"}
@@ -39,17 +39,7 @@ def _finished_runs(client, experiment_name: str) -> list:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ReportError(f"MLflow experiment '{experiment_name}' does not exist in {client.tracking_uri}")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment.experiment_id], max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs.extend(run for run in page if RUN_ID_TAG in run.data.tags)
-        token = page.token
-        if not token:
-            break
-    newest: dict[str, Any] = {}
-    for run in runs:  # newest first
-        newest.setdefault(run.data.tags[RUN_ID_TAG], run)
+    newest = newest_runs(client, experiment.experiment_id)
     _warn_unended(experiment_name, [run for run in newest.values() if not _ended(run)])
     return [run for run in newest.values() if _ended(run)]
 

@@ -114,6 +114,21 @@ def ensure_experiment(uri: str, experiment: str, artifact_root: str | Path,
             return found.experiment_id
 
 
+def newest_runs(client: Any, experiment_id: str) -> dict[str, Any]:
+    """kdbench run id (tag kdbench.run_id) → its newest MLflow run in the experiment."""
+    newest: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, order_by=["attributes.start_time DESC"],
+                                  page_token=token)
+        for run in page:  # newest first
+            if RUN_ID_TAG in run.data.tags:
+                newest.setdefault(run.data.tags[RUN_ID_TAG], run)
+        token = page.token
+        if not token:
+            return newest
+
+
 def mlflow_run_name(label: str, pair: str, dataset: str, seed: int) -> str:
     """The MLflow run name of a kdbench run: <method label>/<pair>/<dataset variant>/s<seed>."""
     return f"{label}/{pair}/{dataset}/s{seed}"

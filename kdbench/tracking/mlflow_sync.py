@@ -22,7 +22,6 @@ from typing import Any
 
 from kdbench.tracking.mlflow_sink import (
     PER_CLASS_ARTIFACT,
-    RUN_ID_TAG,
     end_status,
     end_tags,
     ensure_experiment,
@@ -31,6 +30,7 @@ from kdbench.tracking.mlflow_sink import (
     log_epochs,
     log_params,
     mlflow_run_name,
+    newest_runs,
     open_client,
     record_metrics,
     start_run,
@@ -62,21 +62,6 @@ def gather_records(runs_root: str | Path) -> list[RunRecord]:
         if record is not None:
             records.append(record)
     return records
-
-
-def _newest_runs(client: Any, experiment_id: str) -> dict[str, Any]:
-    """kdbench run id → its newest MLflow run in the experiment."""
-    newest: dict[str, Any] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, order_by=["attributes.start_time DESC"],
-                                  page_token=token)
-        for run in page:  # newest first
-            if RUN_ID_TAG in run.data.tags:
-                newest.setdefault(run.data.tags[RUN_ID_TAG], run)
-        token = page.token
-        if not token:
-            return newest
 
 
 def _same(a: float, b: float) -> bool:
@@ -116,7 +101,7 @@ def sync_records(uri: str, experiment: str, records: list[RunRecord], artifact_r
     """Make the MLflow ``experiment`` at ``uri`` agree with ``records`` (creating store and experiment if need be)."""
     experiment_id = ensure_experiment(uri, experiment, artifact_root, results_root)
     client = open_client(uri)
-    existing = _newest_runs(client, experiment_id)
+    existing = newest_runs(client, experiment_id)
     result = SyncResult()
     for record in records:
         run = existing.get(record.run_id)
