@@ -135,9 +135,18 @@ def test_sync_creates_runs_tracked_nowhere_and_the_mlflow_report_equals_the_reco
     assert main(["run", str(path)]) == EXIT_OK
     uri = default_tracking_uri(tmp_path / "results")
     assert not (tmp_path / "results" / "mlflow.db").exists()
+    capsys.readouterr()
+    blocker = tmp_path / "not_a_dir"  # a store that cannot be created: the sync at the end of run only warns
+    blocker.write_text("a file where the store's folder should be")
+    raw["tracking"] = {"uri": f"sqlite:///{blocker}/sub/mlflow.db"}
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == EXIT_OK  # nothing left to train
+    lines = capsys.readouterr().out.splitlines()
+    assert len([line for line in lines if line.startswith("warning: MLflow sync failed")]) == 1, lines
+    assert not any(line.startswith("MLflow sync:") for line in lines)
+
     raw["tracking"] = {"mlflow": True}
     path.write_text(yaml.safe_dump(raw))
-    capsys.readouterr()
 
     assert main(["sync", str(path)]) == EXIT_OK
     assert "MLflow sync: 1 created, 0 completed, 0 in sync" in capsys.readouterr().out
