@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(status)
     cancel = commands.add_parser("cancel", help="scancel every Slurm job of this grid still queued or running")
     _add_grid_arguments(cancel)
+    sync = commands.add_parser("sync", help="make the grid's MLflow runs agree with its run records (create, complete)")
+    _add_grid_arguments(sync)
     report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
     _add_report_arguments(report)
     plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
@@ -159,9 +161,28 @@ def _run(args: argparse.Namespace) -> int:
     target = tracking_target(grid, paths)
     if target is not None:
         print(f"MLflow:  {target[0]} (experiment '{target[1]}'; view with `mlflow ui --backend-store-uri {target[0]}`)")
+        _sync_after_run(grid, paths, args.grid)
     if outcome.failed_remaining and not outcome.failed:
         print(f"{outcome.failed_remaining} runs of this grid have failed (use --rerun failed)")
     return EXIT_RUNS_FAILED if outcome.failed_remaining or outcome.blocked else EXIT_OK
+
+
+def _sync_after_run(grid: GridConfig, paths, grid_file: Path) -> None:
+    """One line: what `kdbench sync` did at the end of a run; a failure is a warning, never an exit code."""
+    from kdbench.engine.distributed import dist_info_from_env
+    from kdbench.grid.runner import sync_grid
+
+    if not dist_info_from_env().is_main:  # torchrun/srun: rank 0 alone talks to MLflow
+        return
+    try:
+        result = sync_grid(grid, paths)
+    except Exception as error:
+        reason = (str(error).splitlines() or [""])[0][:200]
+        print(f"warning: MLflow sync failed ({type(error).__name__}: {reason}); the records are complete; "
+              f"retry with `kdbench sync {grid_file}`")
+        return
+    if result is not None:
+        print(f"MLflow sync: {result.summary()}")
 
 
 def _print_report(runs_root: Path) -> None:
@@ -238,6 +259,18 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths
+    from kdbench.grid.runner import sync_grid
+
+    grid = load_grid(args.grid, data_root=args.data_root)
+    result = sync_grid(grid, grid_paths(grid, args.results))
+    if result is None:
+        raise ConfigError(f"{args.grid}: tracking.mlflow is false; nothing to sync")
+    print(f"MLflow sync: {result.summary()}")
+    return EXIT_OK
+
+
 def _cmd_cancel(args: argparse.Namespace) -> int:
     from kdbench.cli_slurm import cancel_grid
 
@@ -245,7 +278,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "report": _cmd_report, "plot": _cmd_plot,
-            "methods": _cmd_methods, "models": _cmd_models}
+            "methods": _cmd_methods, "models": _cmd_models, "sync": _cmd_sync}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import remove_temporaries
 from kdbench.tracking.lock import LOCK_NAME, FileLock, LockHolder, lock_holder
-from kdbench.tracking.mlflow_sink import MlflowSink
+from kdbench.tracking.mlflow_sink import MlflowSink, mlflow_run_name
 from kdbench.tracking.record import (
     BestVal,
     EpochLog,
@@ -353,7 +353,7 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     broadcast_state(student, loss)  # every rank starts from rank 0's weights and method state
 
     for observer in observers:
-        observer.on_start(spec.run_id, f"{spec.display_method}/{spec.pair}/{spec.dataset.variant}/s{spec.seed}",
+        observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
                           spec.model_dump(mode="json"), state.epoch)
     eval_args = dict(num_classes=data.num_classes, batch_size=recipe.eval_batch_size, mean=data.mean, std=data.std,
                      device=device, autocast=autocast, dist=ranks)

@@ -20,6 +20,7 @@ from kdbench.grid.status import PlannedRun, plan_runs, run_status, stale_summary
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
+from kdbench.tracking.mlflow_sync import SyncResult, gather_records, sync_records
 from kdbench.tracking.record import RunRecord, archive_record, read_record
 from kdbench.tracking.resources import ResourceError
 
@@ -40,6 +41,11 @@ def grid_paths(grid: GridConfig, results_root: str | Path | None = None) -> Grid
     root = Path(results_root or grid.output).resolve()
     grid_dir = root / grid.name
     return GridPaths(root, grid_dir, grid_dir / "runs")
+
+
+def artifact_root(paths: GridPaths) -> Path:
+    """Where the MLflow artifacts of the default store go: <results root>/mlflow-artifacts/<experiment>."""
+    return paths.results_root / "mlflow-artifacts"
 
 
 def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | None:
@@ -106,11 +112,20 @@ def prepare_results(grid: GridConfig, grid_text: str, paths: GridPaths, is_main:
     target = tracking_target(grid, paths)
     if target is not None and is_main:
         try:
-            ensure_experiment(*target, artifact_root=paths.results_root / "mlflow-artifacts")
+            ensure_experiment(*target, artifact_root=artifact_root(paths), results_root=paths.results_root)
         except Exception as error:  # tracking never stops the grid
             log.warning("MLflow store %s unavailable (%s); runs go on with records only", target[0], error)
             target = None
     return target
+
+
+def sync_grid(grid: GridConfig, paths: GridPaths) -> SyncResult | None:
+    """`kdbench sync`: make the grid's MLflow experiment agree with its records; None when tracking is off."""
+    target = tracking_target(grid, paths)
+    if target is None:
+        return None
+    return sync_records(*target, gather_records(paths.runs_root), artifact_root=artifact_root(paths),
+                        results_root=paths.results_root)
 
 
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,

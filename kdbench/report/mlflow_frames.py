@@ -1,15 +1,17 @@
 """The report frames rebuilt from an MLflow store alone (what kdbench.tracking.mlflow_sink logged).
 
 Per MLflow run: params (the flattened RunSpec), ``kdbench.*`` tags and final metrics (logged when the run ended),
-the epoch metrics' histories (curves) and the ``per_class.csv`` artifact. Runs that never ended (no
-``kdbench.status`` tag) are left out, as they have no record either; when a kdbench run id has several MLflow runs,
-the newest one counts.
+the epoch metrics' histories (curves) and the ``per_class.csv`` artifact. When a kdbench run id has several MLflow
+runs, the newest one counts. Runs MLflow did not see end (RUNNING, KILLED, or a status that disagrees with their
+``kdbench.status`` tag) are left out with one warning line: they may still be training, or have a record that
+MLflow missed (a kill after the record write); `kdbench sync GRID` completes the latter.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from kdbench.report.frames import (
     runs_frame,
     with_epoch_totals,
 )
-from kdbench.tracking.mlflow_sink import PER_CLASS_ARTIFACT, RUN_ID_TAG
+from kdbench.tracking.mlflow_sink import PER_CLASS_ARTIFACT, RUN_ID_TAG, newest_runs
 
 EPOCH_METRICS = {"lr": "lr", "test_top1": "test_top1", "test_top5": "test_top5", "val_top1": "val_top1",
                  "epoch_seconds": "seconds", "images_per_s": "images_per_s"}
@@ -37,18 +39,24 @@ def _finished_runs(client, experiment_name: str) -> list:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise ReportError(f"MLflow experiment '{experiment_name}' does not exist in {client.tracking_uri}")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment.experiment_id], max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs.extend(run for run in page if "kdbench.status" in run.data.tags and RUN_ID_TAG in run.data.tags)
-        token = page.token
-        if not token:
-            break
-    newest: dict[str, Any] = {}
-    for run in runs:  # newest first
-        newest.setdefault(run.data.tags[RUN_ID_TAG], run)
-    return list(newest.values())
+    newest = newest_runs(client, experiment.experiment_id)
+    _warn_unended(experiment_name, [run for run in newest.values() if not _ended(run)])
+    return [run for run in newest.values() if _ended(run)]
+
+
+def _ended(run) -> bool:
+    """Ended as kdbench ends a run: terminated with the status of its record, and the record's tags logged."""
+    expected = {"done": "FINISHED", "failed": "FAILED"}.get(run.data.tags.get("kdbench.status", ""))
+    return run.info.status == expected
+
+
+def _warn_unended(experiment: str, runs: list) -> None:
+    """One line on stderr when runs are left out because MLflow did not see them end."""
+    if runs:
+        statuses = ", ".join(sorted({run.info.status for run in runs}))
+        print(f"warning: MLflow experiment '{experiment}' holds {len(runs)} run(s) that did not end there "
+              f"({statuses}), left out of this report; unless they are still training, "
+              f"`kdbench sync GRID` completes them from their records", file=sys.stderr)
 
 
 def _number(value: Any) -> float:
