@@ -264,7 +264,14 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from kdbench.grid.runner import sync_grid
 
     grid = load_grid(args.grid, data_root=args.data_root)
-    result = sync_grid(grid, grid_paths(grid, args.results))
+    try:
+        result = sync_grid(grid, grid_paths(grid, args.results))
+    except Exception as error:  # the store's own failure: one line, the records are untouched
+        if isinstance(error, OSError) or not str(error):
+            raise
+        print(f"error: MLflow sync failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}",
+              file=sys.stderr)
+        return EXIT_RUNS_FAILED
     if result is None:
         raise ConfigError(f"{args.grid}: tracking.mlflow is false; nothing to sync")
     print(f"MLflow sync: {result.summary()}")
