@@ -267,9 +267,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     try:
         result = sync_grid(grid, grid_paths(grid, args.results))
     except Exception as error:  # the store's own failure: one line, the records are untouched
-        if isinstance(error, OSError) or not str(error):
-            raise
-        print(f"error: MLflow sync failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}",
+        if isinstance(error, OSError):
+            raise  # disk full / read-only: main() names the path and the cause
+        print(f"error: MLflow sync failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}",
               file=sys.stderr)
         return EXIT_RUNS_FAILED
     if result is None:
