@@ -19,7 +19,7 @@ import yaml
 
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, PREVIOUS_CHECKPOINT_NAME, file_sha256
 from kdbench.tracking.lock import LOCK_NAME, FileLock, lock_holder
-from kdbench.tracking.record import RECORD_NAME, RunRecord
+from kdbench.tracking.record import BACKUP_NAME, RECORD_NAME, RunRecord
 from tests_support import REPO
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_two_concurrent_runs_train_every_run_exactly_once(tmp_path, reference):
     assert numbers(teacher) == numbers(expected[tid])
 
 
-def test_corrupt_records_are_named_set_aside_and_the_run_is_trained_again(tmp_path, reference):
+def test_corrupt_records_are_named_set_aside_restored_from_backup_or_trained_again(tmp_path, reference):
     grid_file, expected = reference
     results = tmp_path / "results"
     shutil.copytree(grid_file.parent / "results", results)
@@ -137,23 +137,26 @@ def test_corrupt_records_are_named_set_aside_and_the_run_is_trained_again(tmp_pa
     runs_root = results / "integrity" / "runs"
     students = [run_id for run_id, record in expected.items() if record.stage == "student"]
     truncated, invalid = runs_root / students[0] / RECORD_NAME, runs_root / students[1] / RECORD_NAME
-    truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) // 2])
+    truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) // 2])  # its backup is intact
     invalid.write_text(json.dumps({"run_id": students[1], "status": "done"}))
+    (invalid.parent / BACKUP_NAME).write_text(truncated.with_name(BACKUP_NAME).read_text())  # a foreign copy
 
     report = kdbench("report", str(grid), "--format", "csv")
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     no_traceback(report.stdout, report.stderr)
     for path in (truncated, invalid):
-        lines = [line for line in report.stdout.splitlines() if str(path) in line]
+        lines = [line for line in report.stdout.splitlines() if str(path) in line and "unreadable" in line]
         assert len(lines) == 1 and "unreadable record" in lines[0] and "moved aside" in lines[0], report.stdout
-        assert not path.exists() and len(list(path.parent.glob(f"{RECORD_NAME}.corrupt-*"))) == 1
+        assert len(list(path.parent.glob(f"{RECORD_NAME}.corrupt-*"))) == 1
+    assert f"{truncated} restored from its backup" in report.stdout  # nothing to train again
+    assert not invalid.exists()  # its backup is another run's record: no restore
 
     status = kdbench("status", str(grid))
     no_traceback(status.stdout, status.stderr)
-    assert "student runs: 2 (0 done, 0 failed, 0 running, 0 interrupted, 2 new)" in status.stdout, status.stdout
+    assert "student runs: 2 (1 done, 0 failed, 0 running, 0 interrupted, 1 new)" in status.stdout, status.stdout
     rerun = kdbench("run", str(grid))
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "ran 2 runs" in rerun.stdout
+    assert "ran 1 runs" in rerun.stdout
     found = records(runs_root)
     assert {run_id: numbers(r) for run_id, r in found.items()} == {k: numbers(r) for k, r in expected.items()}
 

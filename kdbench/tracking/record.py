@@ -10,9 +10,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdbench.tracking.atomic import atomic_write_json
-from kdbench.tracking.corrupt import set_aside
+from kdbench.tracking.corrupt import log, set_aside
 
 RECORD_NAME = "record.json"
+BACKUP_NAME = "record.backup.json"  # a second copy: a torn or damaged record.json costs nothing
 RECORD_VERSION = 1
 
 
@@ -110,7 +111,9 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
     existing = read_record(path.parent)
     if existing is not None and existing.status == "done":
         raise FileExistsError(f"{path} already holds a finished run; refusing to overwrite it")
-    atomic_write_json(path, record.model_dump(mode="json"))
+    payload = record.model_dump(mode="json")
+    atomic_write_json(path, payload)
+    atomic_write_json(path.with_name(BACKUP_NAME), payload)
     return path
 
 
@@ -126,27 +129,51 @@ def archive_record(run_dir: str | Path, why: str) -> Path | None:
         weights.rename(run_dir / f"model.{why}-{stamp}.pt")
     target = run_dir / f"record.{why}-{stamp}.json"
     record.rename(target)
+    (run_dir / BACKUP_NAME).unlink(missing_ok=True)
     return target
+
+
+def _parse_record(data: bytes, run_id: str) -> RunRecord:
+    """A record from its bytes; ValueError saying what is wrong (invalid JSON, fields, another run's record)."""
+    try:
+        record = RunRecord.model_validate(json.loads(data))
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ValueError(f"{error.error_count()} invalid fields, first {'.'.join(map(str, first['loc']))}: "
+                         f"{first['msg']}") from None
+    if record.run_id != run_id:
+        raise ValueError(f"it is the record of run {record.run_id}, not of {run_id}")
+    return record
 
 
 def read_record(run_dir: str | Path) -> RunRecord | None:
     """The record in ``run_dir``, or None when there is none yet.
 
-    An unreadable record (truncated, invalid JSON, not a kdbench record) is moved aside as
-    ``record.json.corrupt-<time>`` with one warning line naming it, and the run reads as not recorded.
+    An unreadable record (truncated, invalid JSON, not this run's record) is moved aside as
+    ``record.json.corrupt-<time>`` with one warning line naming it; the record is then restored from its backup
+    copy when that is intact, else the run reads as not recorded (and is trained again).
     """
-    path = Path(run_dir) / RECORD_NAME
+    run_dir = Path(run_dir)
+    path = run_dir / RECORD_NAME
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     try:
-        return RunRecord.model_validate(json.loads(data))
-    except (ValueError, ValidationError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        message = (f"{error.error_count()} invalid fields, first {'.'.join(map(str, error.errors()[0]['loc']))}: "
-                   f"{error.errors()[0]['msg']}" if isinstance(error, ValidationError) else str(error))
-        set_aside(path, "record", message)
+        return _parse_record(data, run_dir.name)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        set_aside(path, "record", str(error))
+    backup = run_dir / BACKUP_NAME
+    try:
+        record = _parse_record(backup.read_bytes(), run_dir.name)
+    except (OSError, ValueError):
         return None
+    try:
+        atomic_write_json(path, record.model_dump(mode="json"))
+        log.warning("warning: %s restored from its backup %s", path, BACKUP_NAME)
+    except OSError:
+        pass  # a read-only results folder: the backup still answers
+    return record
 
 
 def read_records(runs_root: str | Path) -> list[RunRecord]:
