@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kdbench.engine import RunJob
+from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 
 
 class RunFailedError(RuntimeError):
     """The run ended with a failed record (its traceback is in the record and in the job's stderr)."""
+
+
+class RunBusyError(RuntimeError):
+    """Another process holds the run's lock: this task does not train it a second time."""
 
 
 @dataclass
@@ -25,6 +29,8 @@ class SlurmRunTask:
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         record = self.job()
+        if isinstance(record, RunBusy):  # failing the job keeps students waiting with afterok from starting early
+            raise RunBusyError(f"{record.describe()}; not trained twice (`kdbench run` resubmits it later)")
         if record.status == "failed":  # a failed Slurm job, so that students waiting with afterok never start
             raise RunFailedError(f"run {record.run_id} failed: {record.reason}\n{record.traceback or ''}")
         return {"run_id": record.run_id, "status": record.status, "reason": record.reason,
