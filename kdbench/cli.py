@@ -161,13 +161,13 @@ def _run(args: argparse.Namespace) -> int:
     target = tracking_target(grid, paths)
     if target is not None:
         print(f"MLflow:  {target[0]} (experiment '{target[1]}'; view with `mlflow ui --backend-store-uri {target[0]}`)")
-        _sync_after_run(grid, paths, args.grid)
+        sync_after_run(grid, paths, args.grid)
     if outcome.failed_remaining and not outcome.failed:
         print(f"{outcome.failed_remaining} runs of this grid have failed (use --rerun failed)")
     return EXIT_RUNS_FAILED if outcome.failed_remaining or outcome.blocked else EXIT_OK
 
 
-def _sync_after_run(grid: GridConfig, paths, grid_file: Path) -> None:
+def sync_after_run(grid: GridConfig, paths, grid_file: Path) -> None:
     """One line: what `kdbench sync` did at the end of a run; a failure is a warning, never an exit code."""
     from kdbench.engine.distributed import dist_info_from_env
     from kdbench.grid.runner import sync_grid

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kdbench.cli import EXIT_OK, EXIT_RUNS_FAILED
+from kdbench.cli import EXIT_OK, EXIT_RUNS_FAILED, sync_after_run
 from kdbench.config import GridConfig
 
 
@@ -38,6 +38,9 @@ def run_on_slurm(grid: GridConfig, args: argparse.Namespace) -> int:
     for line in format_counts(states):
         print(line)
     _print_failures(states)
+    from kdbench.grid import grid_paths
+
+    sync_after_run(grid, grid_paths(grid, args.results), args.grid)
     return EXIT_RUNS_FAILED if any(s.state != "done" for s in states) else EXIT_OK
 
 
