@@ -21,6 +21,9 @@ class ResourceError(RuntimeError):
         self.path = path
         self.cause = cause
 
+    def __reduce__(self):  # crosses process-pool boundaries with both fields
+        return type(self), (self.path, self.cause)
+
 
 def as_resource_error(error: BaseException) -> ResourceError | None:
     """The ResourceError behind ``error`` (itself, or an OSError with a resource errno in its chain), else None."""
