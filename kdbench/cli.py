@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from kdbench.config import ConfigError, GridConfig, load_grid
+from kdbench.shutdown import EXIT_INTERRUPTED, OutputClosed, ignore_stop_signals, sigterm_interrupts
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE (`kdbench run GRID | head`)
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -221,23 +223,53 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "repo
             "methods": _cmd_methods, "models": _cmd_models}
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Log lines on stdout; a closed stdout stops the command (OutputClosed) instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, BrokenPipeError):
+            raise OutputClosed() from error
+        super().handleError(record)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and flushing at exit must not raise again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `kdbench` console script; returns the exit code."""
+    """Entry point of the `kdbench` console script; returns the exit code.
+
+    Ctrl-C and SIGTERM stop the command with exit code 130 and one line on stderr (runs resume from their last
+    checkpoint when the same command runs again); stdout closed by its reader (`| head`) ends it quietly with
+    141, as SIGPIPE would.
+    """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])
     logging.getLogger("kdbench").setLevel(logging.INFO)
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_interrupts():
+            code = COMMANDS[args.command](args)
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+            return code
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        ignore_stop_signals()  # stopping: a second Ctrl-C must not end in a traceback
         print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except (BrokenPipeError, OutputClosed):
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

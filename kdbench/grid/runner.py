@@ -147,11 +147,17 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                                device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                                tracking_experiment=target[1] if target else None, label=f"[{next(counter)}/{total}] ",
                                plugins=list(grid.plugins)))
-        for record in _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths):
-            outcome.ran.append(record)
-            log.info("%s %s: %s%s", "done" if record.status == "done" else "FAILED", record.run_id,
-                     f"{record.label} {record.pair} {record.dataset} seed {record.seed}",
-                     f" top1 {record.final.top1:.2f}" if record.final else f" ({record.reason})")
+        records = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)
+        try:
+            for record in records:
+                outcome.ran.append(record)
+                log.info("%s %s: %s%s", "done" if record.status == "done" else "FAILED", record.run_id,
+                         f"{record.label} {record.pair} {record.dataset} seed {record.seed}",
+                         f" top1 {record.final.top1:.2f}" if record.final else f" ({record.reason})")
+        finally:  # an exception here (stdout closed, Ctrl-C) stops a process pool now, not when garbage-collected
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
     outcome.seconds = time.perf_counter() - started
     return outcome
 

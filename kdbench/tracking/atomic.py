@@ -13,13 +13,16 @@ from typing import Any, BinaryIO
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # a temporary file is .<name>.<random>.tmp beside <name>
+_own_temp_files: set[str] = set()  # this process's temporary files not yet renamed or removed
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    _own_temp_files.add(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), FILE_MODE)
@@ -30,6 +33,28 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    finally:
+        _own_temp_files.discard(tmp_name)
+
+
+def remove_own_temp_files() -> None:
+    """Remove the temporary files of this process's unfinished atomic writes (a worker about to exit)."""
+    for name in list(_own_temp_files):
+        Path(name).unlink(missing_ok=True)
+        _own_temp_files.discard(name)
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove temporary files of atomic writes left in ``folder`` by a process that died; returns them.
+
+    Only safe when no live process writes into ``folder`` (the caller knows its writers are gone).
+    """
+    removed = []
+    for path in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
