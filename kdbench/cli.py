@@ -8,12 +8,22 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kdbench.config import ConfigError, GridConfig, load_grid
 from kdbench.shutdown import EXIT_INTERRUPTED, OutputClosed, ignore_stop_signals, sigterm_interrupts
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE (`kdbench run GRID | head`)
+
+if TYPE_CHECKING:  # kdbench.config imports torch: imported in main, where Ctrl-C is handled
+    from kdbench.config import GridConfig
+
+
+def load_grid(path: Path, data_root: str | None = None) -> GridConfig:
+    """kdbench.config.load_grid, imported when first needed."""
+    from kdbench.config import load_grid as load
+
+    return load(path, data_root=data_root)
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,21 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint when the same command runs again); stdout closed by its reader (`| head`) ends it quietly with
     141, as SIGPIPE would.
     """
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])
-    logging.getLogger("kdbench").setLevel(logging.INFO)
-    for noisy in ("alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         with sigterm_interrupts():
-            code = COMMANDS[args.command](args)
-            sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
-            return code
-    except ConfigError as error:
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+            return _main(argv)
     except KeyboardInterrupt:
         ignore_stop_signals()  # stopping: a second Ctrl-C must not end in a traceback
         print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
@@ -271,6 +269,24 @@ def main(argv: list[str] | None = None) -> int:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
 
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from kdbench.config import ConfigError
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])
+    logging.getLogger("kdbench").setLevel(logging.INFO)
+    for noisy in ("alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.flush()  # a closed pipe is caught in main, not reported by the interpreter at exit
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -182,9 +181,8 @@ def die_with_parent(parent_pid: int) -> None:
     the pool's management thread. The parent may have died before the prctl: then getppid() is no longer
     ``parent_pid`` and this process stops at once. Elsewhere: a daemon thread polls getppid().
     """
-    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    if libc_name is not None:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library python runs on (find_library runs ldconfig)
         if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
             if os.getppid() != parent_pid:
                 exit_worker()
