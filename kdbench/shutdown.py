@@ -85,6 +85,25 @@ def stop_signals_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def stop_signals_noted() -> Iterator[threading.Event]:
+    """Within the block (main thread only), SIGINT and SIGTERM set the yielded event instead of raising.
+
+    The code in the block polls the event and stops at a point of its choosing. Outside the main thread the
+    event is never set (signals reach the main thread only, as KeyboardInterrupt).
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {signum: signal.signal(signum, lambda *_: requested.set()) for signum in STOP_SIGNALS}
+    try:
+        yield requested
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """Block SIGINT and SIGTERM in this thread; processes started inside the block inherit the blocked mask.
 
@@ -253,10 +272,7 @@ def exit_worker(code: int = EXIT_INTERRUPTED) -> None:
         remove_own_temp_files()
     with contextlib.suppress(Exception):
         signal_pids(descendant_pids(os.getpid()), signal.SIGKILL)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
+    os._exit(code)  # no flush: log handlers flush each line, and a stream's lock may be held by the main thread
 
 
 # -------------------------------------------------------------------------------------------- the main process

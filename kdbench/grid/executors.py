@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
 from kdbench.engine import RunJob
-from kdbench.shutdown import init_pool_worker, run_in_worker, stop_pool, stop_signals_blocked
+from kdbench.shutdown import init_pool_worker, run_in_worker, stop_pool, stop_signals_blocked, stop_signals_noted
 from kdbench.tracking.record import RunRecord
 
 log = logging.getLogger("kdbench")
@@ -34,12 +34,19 @@ def run_local(jobs: list[RunJob], workers: int = 1) -> Iterator[RunRecord]:
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_pool_worker,
                                initargs=(os.getpid(), stop, threads))
     try:
-        # Every worker starts inside this loop, in this thread (see kdbench.shutdown.die_with_parent), with
-        # SIGINT/SIGTERM blocked until its handlers are installed.
-        with stop_signals_blocked():
-            futures = [pool.submit(run_in_worker, job) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+        with stop_signals_noted() as stop_requested:
+            # Every worker starts inside this loop, in this thread (see kdbench.shutdown.die_with_parent), with
+            # SIGINT/SIGTERM blocked until its handlers are installed.
+            with stop_signals_blocked():
+                futures = set(pool.submit(run_in_worker, job) for job in jobs)
+            while futures:
+                # A signal only sets stop_requested: KeyboardInterrupt is raised here, never in the middle of the
+                # futures' locks (an exception there could leave one held and hang the pool's thread).
+                done, futures = wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
+                if stop_requested.is_set():
+                    raise KeyboardInterrupt("stop requested")
+                for future in done:
+                    yield future.result()
     except BaseException as error:
         interrupted = stop_pool(pool, stop, [job.run_dir for job in jobs])
         if isinstance(error, BrokenProcessPool) and interrupted:  # a worker got the Ctrl-C before this process
