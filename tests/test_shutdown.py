@@ -196,3 +196,22 @@ def test_closed_stdout_ends_quietly(tmp_path):
     status.stdout.close()  # nobody reads: the first write meets a closed pipe
     _, stderr = status.communicate(timeout=300)
     assert status.returncode == 141 and "Traceback" not in stderr, stderr
+
+
+def test_an_interrupted_atomic_write_keeps_the_previous_file_and_leaves_no_temporary_file(tmp_path):
+    from kdbench.tracking.atomic import atomic_write, remove_temp_files
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write(target, lambda handle: handle.write(b"epoch 1"))
+
+    def interrupted(handle):
+        handle.write(b"half of epoch 2")
+        raise KeyboardInterrupt  # as WorkerInterrupted, raised by SIGTERM in the middle of torch.save
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert target.read_bytes() == b"epoch 1" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+    left = tmp_path / ".checkpoint.pt.x1y2.tmp"  # what a SIGKILL in the middle of a write leaves
+    left.write_bytes(b"partial")
+    assert remove_temp_files(tmp_path) == [left] and target.is_file()
