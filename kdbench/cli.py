@@ -8,10 +8,22 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kdbench.config import ConfigError, GridConfig, check_device, load_grid
+from kdbench.shutdown import EXIT_INTERRUPTED, OutputClosed, ignore_stop_signals, sigterm_interrupts
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a command ended by SIGPIPE (`kdbench run GRID | head`)
+
+if TYPE_CHECKING:  # kdbench.config imports torch: imported in main, where Ctrl-C is handled
+    from kdbench.config import GridConfig
+
+
+def load_grid(path: Path, data_root: str | None = None) -> GridConfig:
+    """kdbench.config.load_grid, imported when first needed."""
+    from kdbench.config import load_grid as load
+
+    return load(path, data_root=data_root)
 
 
 def _add_grid_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid, data_root=args.data_root)
     if args.device is not None:
+        from kdbench.config import ConfigError, check_device
+
         try:
             check_device(args.device)
         except ValueError as error:
@@ -273,6 +287,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_RUNS_FAILED
     if result is None:
+        from kdbench.config import ConfigError
+
         raise ConfigError(f"{args.grid}: tracking.mlflow is false; nothing to sync")
     print(f"MLflow sync: {result.summary()}")
     return EXIT_OK
@@ -288,16 +304,54 @@ COMMANDS = {"run": _cmd_run, "status": _cmd_status, "cancel": _cmd_cancel, "repo
             "methods": _cmd_methods, "models": _cmd_models, "sync": _cmd_sync}
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Log lines on stdout; a closed stdout stops the command (OutputClosed) instead of printing a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, BrokenPipeError):
+            raise OutputClosed() from error
+        super().handleError(record)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: its reader is gone, and flushing at exit must not raise again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `kdbench` console script; returns the exit code."""
+    """Entry point of the `kdbench` console script; returns the exit code.
+
+    Ctrl-C and SIGTERM stop the command with exit code 130 and one line on stderr (runs resume from their last
+    checkpoint when the same command runs again); stdout closed by its reader (`| head`) ends it quietly with
+    141, as SIGPIPE would.
+    """
+    try:
+        with sigterm_interrupts():
+            return _main(argv)
+    except KeyboardInterrupt:
+        ignore_stop_signals()  # stopping: a second Ctrl-C must not end in a traceback
+        print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BrokenPipeError, OutputClosed):
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from kdbench.config import ConfigError
+
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])
     logging.getLogger("kdbench").setLevel(logging.INFO)
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except ConfigError as error:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
@@ -310,10 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {resource}", file=sys.stderr)
         return EXIT_RUNS_FAILED
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume from the last checkpoints", file=sys.stderr)
-        return 130
-
+    sys.stdout.flush()  # a closed pipe is caught in main, not reported by the interpreter at exit
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -50,7 +50,7 @@ from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_ev
 from kdbench.faults import failpoint
 from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
-from kdbench.tracking.atomic import remove_temporaries
+from kdbench.tracking.atomic import remove_temp_files
 from kdbench.tracking.lock import LOCK_NAME, FileLock, LockHolder, lock_holder
 from kdbench.tracking.mlflow_sink import MlflowSink, mlflow_run_name
 from kdbench.tracking.record import (
@@ -234,7 +234,7 @@ def _train_locked(job: RunJob, ranks: DistInfo, setup_error: DistributedSetupErr
     elif existing is not None and ranks.is_main:
         archive_record(run_dir, "failed")
     if ranks.is_main:
-        remove_temporaries(run_dir)
+        remove_temp_files(run_dir)
     handler = _attach_log_file(run_dir) if ranks.is_main else None
     import_plugins(job.plugins, Path.cwd())  # a spawned worker or Slurm task starts with built-in methods only
     observers = job.all_observers() if ranks.is_main else []

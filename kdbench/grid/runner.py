@@ -192,12 +192,13 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                          f"{result.label} {result.pair} {result.dataset} seed {result.seed}",
                          f" top1 {result.final.top1:.2f}" if result.final else f" ({result.reason})")
         except ResourceError as error:
+            outcome.resource_error = error
+            outcome.not_started = max(0, total - len(outcome.ran))
+            break
+        finally:  # stops a process pool now (queued runs never start), not when garbage-collected
             close = getattr(results, "close", None)
             if close is not None:
-                close()  # stop scheduling: queued runs are not started
-            outcome.resource_error = error
-            outcome.not_started = max(0, total - len(outcome.ran) - 1)
-            break
+                close()
     outcome.failed_remaining = sum(run.status == "failed" for run in plan_grid(grid, results_root)[1])
     outcome.seconds = time.perf_counter() - started
     return outcome

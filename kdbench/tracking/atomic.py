@@ -13,9 +13,9 @@ from typing import Any, BinaryIO
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"  # a temporary file is .<name>.<random>.tmp beside <name>
+_own_temp_files: set[str] = set()  # this process's temporary files not yet renamed or removed
 
-
-TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -27,11 +27,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as error:
         if error.errno is None or error.filename is not None:
             raise
         raise OSError(error.errno, error.strerror, str(path)) from error
+    _own_temp_files.add(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), FILE_MODE)
@@ -44,23 +45,34 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         if isinstance(error, OSError) and error.errno is not None and error.filename is None:
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
+    finally:
+        _own_temp_files.discard(tmp_name)
+
+
+def remove_own_temp_files() -> None:
+    """Remove the temporary files of this process's unfinished atomic writes (a worker about to exit)."""
+    for name in list(_own_temp_files):
+        Path(name).unlink(missing_ok=True)
+        _own_temp_files.discard(name)
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Remove temporary files of atomic writes left in ``folder`` by a process that died; returns them.
+
+    Only safe when no live process writes into ``folder``: the caller holds the run's lock, or has checked that
+    nobody does after its own writers ended.
+    """
+    removed = []
+    for path in Path(folder).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda handle: handle.write(data))
-
-
-def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete leftover temporary files of interrupted atomic writes in ``folder``; return what was removed.
-
-    Call it only while holding the folder's lock: a temporary file of a live writer looks the same.
-    """
-    removed = []
-    for leftover in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
-        removed.append(leftover)
-    return removed
 
 
 def atomic_write_json(path: str | Path, payload: Any) -> None:
