@@ -10,14 +10,14 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
-from kdbench.engine import RunJob
+from kdbench.engine import RunBusy, RunJob
 from kdbench.shutdown import init_pool_worker, run_in_worker, stop_pool, stop_signals_blocked, stop_signals_noted
 from kdbench.tracking.record import RunRecord
 
 log = logging.getLogger("kdbench")
 
 
-def run_local(jobs: list[RunJob], workers: int = 1) -> Iterator[RunRecord]:
+def run_local(jobs: list[RunJob], workers: int = 1) -> Iterator[RunRecord | RunBusy]:
     """Run jobs here, one after another, or in ``workers`` spawned processes sharing the cores.
 
     With a pool, any exit other than the last record (Ctrl-C or SIGTERM as KeyboardInterrupt, stdout closed, the
@@ -55,7 +55,7 @@ def run_local(jobs: list[RunJob], workers: int = 1) -> Iterator[RunRecord]:
     pool.shutdown(wait=True)
 
 
-def run_debug(jobs: list[RunJob], folder: Path) -> Iterator[RunRecord]:
+def run_debug(jobs: list[RunJob], folder: Path) -> Iterator[RunRecord | RunBusy]:
     """Run jobs through submitit's in-process DebugExecutor (what the Slurm path pickles, without Slurm)."""
     import submitit
 
