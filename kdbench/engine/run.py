@@ -233,6 +233,10 @@ def _train_locked(job: RunJob, ranks: DistInfo, setup_error: DistributedSetupErr
                      job.spec.describe(), ", ".join(stale))
     elif existing is not None and ranks.is_main:
         archive_record(run_dir, "failed")
+    elif ranks.is_main and (run_dir / MODEL_NAME).is_file():  # weights whose record was lost: kept, not overwritten
+        orphan = run_dir / f"model.orphan-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}.pt"
+        (run_dir / MODEL_NAME).rename(orphan)
+        log.warning("warning: %s has no readable record; its weights were moved aside to %s", run_dir, orphan.name)
     if ranks.is_main:
         remove_temp_files(run_dir)
     handler = _attach_log_file(run_dir) if ranks.is_main else None
@@ -373,14 +377,15 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         state.seconds += result.seconds
         if not ranks.is_main:
             continue
+        val_text = f" val {entry.val_top1:.2f}" if entry.val_top1 is not None else ""
+        # logged before the checkpoint: log.txt lists every epoch trained, also one a kill then loses
+        log.info("%s%s | epoch %d/%d loss %.4f train %.2f test %.2f%s | %.1fs %.0f img/s", job.label,
+                 spec.describe(), epoch, recipe.epochs, result.terms["total"], result.terms["top1"],
+                 entry.test_top1, val_text, result.seconds, entry.images_per_s)
         _save_checkpoint(run_dir, student, loss, optimizer, scheduler, state)
         failpoint(f"after-checkpoint:{epoch}")  # tests: a kill right after epoch N's checkpoint
         for observer in observers:
             observer.on_epoch(entry)
-        val_text = f" val {entry.val_top1:.2f}" if entry.val_top1 is not None else ""
-        log.info("%s%s | epoch %d/%d loss %.4f train %.2f test %.2f%s | %.1fs %.0f img/s", job.label,
-                 spec.describe(), epoch, recipe.epochs, result.terms["total"], result.terms["top1"],
-                 entry.test_top1, val_text, result.seconds, entry.images_per_s)
 
     assert state.last_test is not None
     if ranks.is_main:

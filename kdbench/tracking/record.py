@@ -166,7 +166,10 @@ def read_record(run_dir: str | Path) -> RunRecord | None:
     backup = run_dir / BACKUP_NAME
     try:
         record = _parse_record(backup.read_bytes(), run_dir.name)
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        set_aside(backup, "record backup", str(error))
         return None
     try:
         atomic_write_json(path, record.model_dump(mode="json"))
