@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_plan(grid: GridConfig, results_root: str | None) -> list:
+def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> list:
     from kdbench.grid import plan_grid
     from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
@@ -107,8 +107,9 @@ def _print_plan(grid: GridConfig, results_root: str | None) -> list:
         stale = f" ({c['stale']} stale)" if c["stale"] else ""
         print(f"{stage} runs: {sum(c[s] for s in STATUSES)} ({c['done']} done{stale}, {c['failed']} failed, "
               f"{c['running']} running, {c['interrupted']} interrupted, {c['new']} new)")
-    for line in stale_summary(planned):
-        print(f"warning: {line}")
+    retraining = "stale" in (rerun or [])
+    for line in stale_summary(planned, retraining):
+        print(f"{'stale' if retraining else 'warning'}: {line}")
     print(f"results: {paths.grid_dir}")
     return planned
 
@@ -137,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         from kdbench.grid.slurm_cli import require_sbatch
 
         require_sbatch()
-    planned = _print_plan(grid, args.results)
+    planned = _print_plan(grid, args.results, args.rerun)
     if args.dry_run:
         if (args.executor or grid.executor.kind) == "slurm":
             from kdbench.clusterconf import ClusterConfig
@@ -161,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     for busy in outcome.busy:
         print(f"skipped: {busy.describe()}")
     for spec in outcome.blocked:
-        print(f"blocked (teacher not done): {spec.run_id} {spec.describe()}")
+        print(f"blocked ({outcome.blocked_because.get(spec.run_id, 'teacher not done')}): {spec.run_id} "
+              f"{spec.describe()}")
     for record in outcome.failed:
         print(f"failed: {record.run_id} {record.label} {record.pair} {record.dataset} seed {record.seed}: "
               f"{record.reason}")

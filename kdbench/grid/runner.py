@@ -71,6 +71,7 @@ class GridOutcome:
     skipped_done: int = 0
     skipped_failed: int = 0
     blocked: list[RunSpec] = field(default_factory=list)
+    blocked_because: dict[str, str] = field(default_factory=dict)  # run id → why its teacher is not usable
     busy: list[RunBusy] = field(default_factory=list)
     stale_warnings: list[str] = field(default_factory=list)
     stale_skipped: int = 0
@@ -175,8 +176,13 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
         jobs = []
         for spec in specs:
-            if spec.teacher is not None and run_status(paths.runs_root / spec.teacher.run_id)[0] != "done":
+            teacher_state = run_status(paths.runs_root / spec.teacher.run_id) if spec.teacher is not None else None
+            if teacher_state is not None and teacher_state[0] != "done":
                 outcome.blocked.append(spec)
+                holder = teacher_state[2]
+                outcome.blocked_because[spec.run_id] = (
+                    f"teacher running elsewhere: {holder.describe()}; run again when it ends" if holder is not None
+                    else f"teacher {teacher_state[0]}")
                 continue
             jobs.append(job_for(spec, f"[{next(counter, '+')}/{total}] "))
         results = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)

@@ -71,8 +71,8 @@ def status_counts(planned: list[PlannedRun]) -> dict[str, Counter]:
     return counts
 
 
-def stale_summary(planned: list[PlannedRun]) -> list[str]:
-    """One line per method with stale done runs: how many, and what changed."""
+def stale_summary(planned: list[PlannedRun], retraining: bool = False) -> list[str]:
+    """One line per method with stale done runs: how many, what changed, and what happens to them."""
     by_method: dict[str, list[PlannedRun]] = {}
     for run in planned:
         if run.stale:
@@ -81,5 +81,5 @@ def stale_summary(planned: list[PlannedRun]) -> list[str]:
     for method, runs in by_method.items():
         reasons = sorted({reason for run in runs for reason in run.stale})
         lines.append(f"{len(runs)} done runs of '{method}' were trained by other code ({', '.join(reasons)} "
-                     "changed); --rerun stale retrains them")
+                     f"changed); {'training them again now' if retraining else '--rerun stale retrains them'}")
     return lines
