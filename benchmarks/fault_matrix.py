@@ -463,6 +463,58 @@ def fault_stale_code(case: Case) -> Result:
     return outcome, "—", [(runs, {"plug": "vanilla"})]
 
 
+def _children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found |= {int(child) for child in task.read_text().split()}
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                alive.add(pid)
+    return alive
+
+
+def _workers_started(case: Case) -> tuple[Path, Path, subprocess.Popen, set[int]]:
+    """A `workers: 3` grid started; returns once both students (the pool's jobs) have a checkpoint."""
+    grid = write_grid(case.folder, case.folder / "results", executor={**GRID["executor"], "workers": 3})
+    runs = case.folder / "results/faults/runs"
+    process = case.start("run", str(grid))
+    wait_for(lambda: len(list(runs.glob("*/checkpoint.pt"))) >= 2 and len(_children(process.pid)) >= 2, 600,
+             "both students' first checkpoints", process)
+    return grid, runs, process, _children(process.pid)
+
+
+def fault_workers_sigint(case: Case) -> Result:
+    """`workers: 3`: SIGINT to the main process while the pool trains both students, then `kdbench run`."""
+    grid, runs, process, workers = _workers_started(case)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    code, _, _ = case.finish(process, timeout=60)
+    seconds = time.monotonic() - sent
+    left = _alive(workers)
+    recover(case, grid, runs)
+    return (f"exit {code} in {seconds:.1f} s; {len(workers)} workers, {len(left)} left; "
+            f"temp files left: {len(list(runs.glob('*/.*.tmp')))}"), "—", [(runs, {})]
+
+
+def fault_workers_kill9(case: Case) -> Result:
+    """`workers: 3`: kill -9 of the main process while the pool trains; no worker may outlive it by 10 s."""
+    grid, runs, process, workers = _workers_started(case)
+    process.kill()
+    case.finish(process, timeout=60)
+    gone = wait_for(lambda: not _alive(workers), 10, "the workers to die")
+    recover(case, grid, runs)
+    return (f"{len(workers)} workers; all gone within 10 s: {'yes' if gone else 'NO'}", "—", [(runs, {})])
+
+
 # name → fault function (functions taking a second argument get the reference folder).
 FAULTS: list[tuple[str, str, Callable[..., Result]]] = [
     ("kill9", "kill -9 mid-run (after epoch 2's checkpoint)", fault_kill9),
@@ -477,10 +529,8 @@ FAULTS: list[tuple[str, str, Callable[..., Result]]] = [
     ("mlflow-kill", "MLflow: kill between record and MLflow close", fault_mlflow_kill),
     ("mlflow-two-grids", "MLflow: two grids, one fresh root, at once", fault_mlflow_two_grids),
     ("stale-code", "stale code: plugin file edited", fault_stale_code),
-    # ---- FAULTS TO BE ADDED HERE (by someone else, later) -------------------------------------------------
-    # ("workers-sigint", "`workers: 3` + SIGINT", fault_workers_sigint),
-    # ("workers-kill9-parent", "kill -9 of the parent with workers (no worker left after 10 s)", fault_workers_kill9),
-    # ------------------------------------------------------------------------------------------------------
+    ("workers-sigint", "`workers: 3` + SIGINT while the pool trains", fault_workers_sigint),
+    ("workers-kill9-parent", "`workers: 3` + kill -9 of the main process", fault_workers_kill9),
 ]
 
 
