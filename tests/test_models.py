@@ -372,3 +372,27 @@ def test_cuda() -> None:
     with torch.no_grad():
         out = FeatureTaps(model, ["pooled"])(torch.randn(2, 3, 32, 32, device="cuda"))
     assert out["pooled"].device.type == "cuda"
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize(("shape", "kernel", "stride", "padding"),
+                         [((4, 16, 28, 28), 2, None, 0), ((3, 8, 7, 7), 2, None, 0), ((2, 5, 9, 6), 3, 2, 1)])
+def test_fast_max_pool_is_bit_identical_to_nn_max_pool(shape, kernel, stride, padding, ceil_mode) -> None:
+    """layers.MaxPool2d (channels-last kernel on CPU) gives nn.MaxPool2d's exact values, gradients and NaNs."""
+    from kdbench.models.layers import MaxPool2d
+
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=generator) * 2).round().relu()  # many tied maxima (zeros and integers)
+    x[0, 0, 0, 0] = float("nan")
+    ours, reference = MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode), nn.MaxPool2d(kernel, stride, padding,
+                                                                                          ceil_mode=ceil_mode)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(a), reference(b)
+    grad = torch.randn(expected.shape, generator=generator)
+    out.backward(grad)
+    expected.backward(grad)
+    assert out.is_contiguous() and torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(-1.0), expected.nan_to_num(-1.0))
+    assert torch.equal(a.grad, b.grad)  # the same argmax in every window, ties included
+    with torch.inference_mode():
+        assert torch.equal(ours(x).nan_to_num(-1.0), reference(x).nan_to_num(-1.0))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kdbench.models.catalog import register_model
-from kdbench.models.layers import GlobalAvgPool, init_conv_bn
+from kdbench.models.layers import GlobalAvgPool, MaxPool2d, init_conv_bn
 
 
 class MLP(nn.Module):
@@ -51,7 +51,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         stages = []
         for k, width in enumerate(widths):
-            layers: list[nn.Module] = [nn.MaxPool2d(2)] if k > 0 else []
+            layers: list[nn.Module] = [MaxPool2d(2)] if k > 0 else []
             layers += [nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             stages.append(nn.Sequential(*layers))
             in_channels = width
