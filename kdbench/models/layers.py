@@ -28,50 +28,25 @@ class ChannelShuffle(nn.Module):
         return x.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
-class _ChannelsLastMaxPool(torch.autograd.Function):
-    """max_pool2d of an NCHW tensor computed by the channels-last kernel; backward by the NCHW kernel.
-
-    Both kernels scan each window in the same order and keep the first maximum (or a NaN), so the values and
-    the indices, and hence the gradients, are exactly those of ``F.max_pool2d`` on the NCHW tensor.
-    """
-
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):  # type: ignore[override]
-        args = (kernel_size, stride, padding, dilation, ceil_mode)
-        out, indices = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), *args)
-        indices = indices.contiguous()
-        ctx.save_for_backward(x, indices)
-        ctx.args = args
-        ctx.mark_non_differentiable(indices)
-        return out.contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        x, indices = ctx.saved_tensors
-        grad_input = torch.ops.aten.max_pool2d_with_indices_backward(grad.contiguous(), x, *ctx.args, indices)
-        return grad_input, None, None, None, None, None
-
-
 class MaxPool2d(nn.MaxPool2d):
-    """nn.MaxPool2d with the same results, several times faster on CPU for NCHW float batches.
+    """nn.MaxPool2d with the same results, several times faster on CPU for NCHW float batches without autograd.
 
     PyTorch's CPU kernel for NCHW tensors is scalar and slow for small maps (e.g. 10 ms for a 32×32×28×28
-    batch against 1 ms for the channels-last kernel); this one pools a channels-last copy and returns an NCHW
-    result. Values, indices and gradients are bit-identical to nn.MaxPool2d (tested); other devices, layouts
-    and return_indices=True take nn.MaxPool2d's own path.
+    batch against 1 ms for the channels-last kernel). Without autograd (a frozen teacher's forward, evaluation)
+    this pools a channels-last copy and returns an NCHW result: a maximum is a maximum, so the values are
+    bit-identical (tested, NaNs included). With autograd, other devices or layouts and return_indices=True it is
+    nn.MaxPool2d (with a backward, the copies cost about what the faster forward saves).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Max-pool a B×C×H×W batch."""
         if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or not x.is_floating_point()
+                or (torch.is_grad_enabled() and x.requires_grad)
                 or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)
-        pair = nn.modules.utils._pair
-        stride = self.stride if self.stride is not None else self.kernel_size
-        args = (pair(self.kernel_size), pair(stride), pair(self.padding), pair(self.dilation), self.ceil_mode)
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _ChannelsLastMaxPool.apply(x, *args)
-        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        return F.max_pool2d(channels_last, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode).contiguous()
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
