@@ -116,8 +116,11 @@ class Case:
         out, err = self._files(args)
         # SIGINT back to its default: a shell starts background jobs with SIGINT ignored, the child would inherit
         # that, and Python would then never raise KeyboardInterrupt (the SIGINT fault would test nothing).
+        # One torch thread everywhere: a pool worker trains with one, and the thread count changes the gradients'
+        # summation order, so the reference and every process must agree for "identical numbers" to mean anything.
         process = subprocess.Popen([sys.executable, "-m", "kdbench", *args], cwd=REPO, stdout=out.open("w"),
-                                   stderr=err.open("w"), text=True, env={**os.environ, **(env or {})},
+                                   stderr=err.open("w"), text=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         process.files = (out, err)  # type: ignore[attr-defined]
         return process
@@ -492,6 +495,12 @@ def _workers_started(case: Case) -> tuple[Path, Path, subprocess.Popen, set[int]
     return grid, runs, process, _children(process.pid)
 
 
+def _name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+    return str(pid)
+
+
 def fault_workers_sigint(case: Case) -> Result:
     """`workers: 3`: SIGINT to the main process while the pool trains both students, then `kdbench run`."""
     grid, runs, process, workers = _workers_started(case)
@@ -499,10 +508,12 @@ def fault_workers_sigint(case: Case) -> Result:
     process.send_signal(signal.SIGINT)
     code, _, _ = case.finish(process, timeout=60)
     seconds = time.monotonic() - sent
-    left = _alive(workers)
+    gone = wait_for(lambda: not _alive(workers), 10, "the workers to end")
+    left = sorted(_name(pid) for pid in _alive(workers))
+    temp_files = len(list(runs.glob('*/.*.tmp')))
     recover(case, grid, runs)
-    return (f"exit {code} in {seconds:.1f} s; {len(workers)} workers, {len(left)} left; "
-            f"temp files left: {len(list(runs.glob('*/.*.tmp')))}"), "—", [(runs, {})]
+    return (f"exit {code} in {seconds:.1f} s; {len(workers)} child processes, all gone within 10 s: "
+            f"{'yes' if gone else 'NO: ' + ', '.join(left)}; temp files left: {temp_files}"), "—", [(runs, {})]
 
 
 def fault_workers_kill9(case: Case) -> Result:
@@ -512,7 +523,9 @@ def fault_workers_kill9(case: Case) -> Result:
     case.finish(process, timeout=60)
     gone = wait_for(lambda: not _alive(workers), 10, "the workers to die")
     recover(case, grid, runs)
-    return (f"{len(workers)} workers; all gone within 10 s: {'yes' if gone else 'NO'}", "—", [(runs, {})])
+    left = sorted(_name(pid) for pid in _alive(workers))
+    return (f"{len(workers)} child processes; all gone within 10 s: {'yes' if gone else 'NO: ' + ', '.join(left)}",
+            "—", [(runs, {})])
 
 
 # name → fault function (functions taking a second argument get the reference folder).
