@@ -32,3 +32,19 @@ def tiny_grid_raw(tmp_path: Path) -> dict:
     raw = copy.deepcopy(TINY_GRID)
     raw["output"] = str(tmp_path / "results")
     return raw
+
+
+@pytest.fixture(scope="session")
+def slurm_submitted(tmp_path_factory):
+    """The Slurm tests' grids, submitted once (tests/slurm_grids.py)."""
+    from slurm_grids import submit_all
+
+    return submit_all(tmp_path_factory.mktemp("slurm"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slurm_grids_first(request):
+    """Submit the Slurm grids before the first test when test_slurm.py runs: their jobs mostly wait (sleeps, a
+    time limit), and that waiting then overlaps the rest of the suite instead of adding to it."""
+    if any(item.path.name == "test_slurm.py" for item in request.session.items):
+        request.getfixturevalue("slurm_submitted")

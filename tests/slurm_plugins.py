@@ -26,11 +26,13 @@ class Explodes(DistillLoss):
 
 @register_method("slow_ce")
 class SlowCE(DistillLoss):
-    """Cross-entropy that sleeps $KDBENCH_TEST_SLEEP_PER_STEP seconds per step: wall time without changing results."""
+    """Cross-entropy that sleeps ``sleep_s`` (else $KDBENCH_TEST_SLEEP_PER_STEP) seconds per step in a job's first
+    attempt: wall time without changing results."""
 
     needs = Needs(teacher_taps=())
+    defaults = {"sleep_s": 0.0}
 
     def forward(self, student, teacher, batch, progress):
-        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
-            time.sleep(float(os.environ.get(SLEEP_ENV, "0")))
+        if os.environ.get("SLURM_RESTART_COUNT", "0") == "0" and os.environ.get(SLEEP_ENV):
+            time.sleep(self.hparams["sleep_s"] or float(os.environ[SLEEP_ENV]))
         return {"ce": F.cross_entropy(student["logits"], batch["target"])}

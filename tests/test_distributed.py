@@ -263,7 +263,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     assert {v["info"]["master_addr"] for v in views} == {"localhost"}
 
     # exactly one record, written by rank 0 and returned by both; only rank 0 reached the observers
-    assert sorted(p.parent.name for p in multi_root.glob("*/record*.json")) == sorted([teacher.run_id,
+    assert sorted(p.parent.name for p in multi_root.glob("*/record.json")) == sorted([teacher.run_id,
                                                                                      student.run_id])
     two = read_record(multi_root / student.run_id)
     assert two is not None and two.status == "done", two.traceback if two else "no record"

@@ -6,7 +6,6 @@ promise. Skipped when sbatch is absent, unless KDBENCH_REQUIRE_SLURM=1 (CI), whi
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import shutil
@@ -15,15 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from slurm_grids import CLUSTER, PLUGIN, grid_for
 
 from kdbench.cli import main
-from kdbench.config import ConfigError, load_grid
+from kdbench.config import ConfigError
 from kdbench.grid import grid_paths, plan_grid, tracking_target
 from kdbench.grid.manifest import read_manifests
 from kdbench.grid.slurm_status import slurm_run_states
 from kdbench.grid.slurm_submit import submit_grid, wait_for_grid
-from tests_support import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -32,29 +30,8 @@ if shutil.which("sbatch") is None:
         raise RuntimeError("KDBENCH_REQUIRE_SLURM=1 but sbatch is not on PATH: run `bash slurm/local-cluster.sh up`")
     pytest.skip("no sbatch on PATH (start a local cluster: `bash slurm/local-cluster.sh up`)", allow_module_level=True)
 
-PLUGIN = str(REPO / "tests" / "slurm_plugins.py")
-SLEEP_ENV = "KDBENCH_TEST_SLEEP_PER_STEP"
-DATA = {"name": "synthetic", "synthetic_classes": 4, "synthetic_train_per_class": 24, "synthetic_test_per_class": 8}
-CLUSTER = {"profile": "local", "array_parallelism": 4, "time": 10}
-BASE = {
-    "datasets": [DATA, {**DATA, "long_tail": {"profile": "exp", "imbalance_ratio": 4}, "val_per_class": 2}],
-    "pairs": [{"teacher": "cnn_small", "student": "cnn_small"}],
-    "methods": ["vanilla", "kd"],
-    "seeds": [0, 1],
-    "recipe": {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "eval_batch_size": 64},
-    "executor": {"kind": "slurm", "device": "cpu"},
-    "cluster": CLUSTER,
-}
 WAIT_S = 400
-
-
-def _grid(tmp: Path, name: str, **changes):
-    """Write the grid file tmp/<name>.yaml (the CLI tests use it) and load it."""
-    raw = copy.deepcopy(BASE)
-    raw.update(name=name, output=str(tmp / "results"), **changes)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_grid(path)
+_grid = grid_for
 
 
 def _grid_file(grid) -> str:
@@ -72,33 +49,9 @@ def _squeue_names() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def submitted(tmp_path_factory):
-    """Submit the main grid, a grid with a failing run and a grid that must be requeued, all at once."""
-    tmp = tmp_path_factory.mktemp("slurm")
-    grids = {
-        "main": _grid(tmp, "slurm_main"),
-        "fails": _grid(tmp, "slurm_fails", plugins=[PLUGIN], methods=["explodes", "vanilla"], seeds=[0],
-                       datasets=[DATA]),
-        # 30 epochs × 6 steps × 1 s of sleep in the first attempt: past the signal of a 3-minute limit with a 30 s
-        # delay (Slurm sends it up to a minute early: 90–150 s in, after the first epochs even on a loaded machine);
-        # the requeued attempt does not sleep and resumes from its last epoch.
-        "requeue": _grid(tmp, "slurm_requeue", plugins=[PLUGIN], methods=["slow_ce"], seeds=[0], datasets=[DATA],
-                         recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]},
-                         cluster={**CLUSTER, "time": 3, "signal_delay_s": 30, "max_requeues": 6}),
-        # Sleeps 1 s per step (in every first attempt): still running when the test kills it hard.
-        "killed": _grid(tmp, "slurm_killed", plugins=[PLUGIN], methods=["slow_ce"], seeds=[1], datasets=[DATA],
-                        recipe={**BASE["recipe"], "epochs": 30, "milestones": [10]}),
-        # One run as two Slurm tasks (DDP over gloo): a student without BatchNorm, 15 images per batch (shards 8/7).
-        "ddp": _grid(tmp, "slurm_ddp", methods=["vanilla"], seeds=[0], datasets=[DATA],
-                     pairs=[{"teacher": "cnn_small", "student": "mlp_800x2"}],
-                     recipe={**BASE["recipe"], "batch_size": 15}, cluster={**CLUSTER, "tasks_per_node": 2}),
-    }
-    os.environ[SLEEP_ENV] = "1"  # captured by sbatch with the submitting environment
-    try:
-        outcomes = {key: submit_grid(grid, f"# {key}") for key, grid in grids.items()}
-    finally:
-        del os.environ[SLEEP_ENV]
-    return grids, outcomes
+def submitted(slurm_submitted):
+    """The grids conftest submitted at the start of the session (their jobs ran while other tests did)."""
+    return slurm_submitted
 
 
 def _single_thread_run(spec, runs_root: Path, plugins: list[str] | None = None):
