@@ -349,3 +349,23 @@ def test_no_torch_load_outside_weights_only():
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if "torch.load(" in line and "weights_only=True" not in line]
     assert not offenders, offenders
+
+
+def test_resource_error_names_the_file_even_when_a_later_failure_does_not():
+    import errno
+
+    from kdbench.tracking.resources import ResourceError, as_resource_error
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/results/run/checkpoint.pt")
+        finally:  # e.g. a log handler flushing while the first failure propagates
+            raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as error:
+        found = as_resource_error(error)
+    assert isinstance(found, ResourceError)
+    assert str(found) == "no space left on device (ENOSPC): /results/run/checkpoint.pt"
+    assert str(pickle.loads(pickle.dumps(found))) == str(found)  # crosses the worker pool intact
+    assert as_resource_error(RuntimeError("a bug")) is None
+    read_only = as_resource_error(OSError(errno.EROFS, "Read-only file system", "/r"))
+    assert str(read_only) == "read-only file system (EROFS): /r"

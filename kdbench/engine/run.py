@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -161,6 +162,14 @@ class _RunLogHandler(logging.FileHandler):
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
         pass
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):  # buffered lines a full disk refused; closing must not raise them
+            super().flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
 
 
 def _stale(record: RunRecord, job: RunJob) -> list[str]:

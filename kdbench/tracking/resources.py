@@ -13,6 +13,9 @@ RESOURCE_ERRNOS = {
 }
 
 
+UNKNOWN_PATH = "(path unknown)"
+
+
 class ResourceError(RuntimeError):
     """The results folder cannot be written: the grid stops; the run is not recorded as failed."""
 
@@ -26,15 +29,20 @@ class ResourceError(RuntimeError):
 
 
 def as_resource_error(error: BaseException) -> ResourceError | None:
-    """The ResourceError behind ``error`` (itself, or an OSError with a resource errno in its chain), else None."""
+    """The ResourceError behind ``error`` (itself, or an OSError with a resource errno in its chain), else None.
+
+    Of several such errors in the chain, the first that names its file wins (a later failure, e.g. flushing a
+    log while the first one propagates, may not know its path).
+    """
     seen: set[int] = set()
+    found: list[ResourceError] = []
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ResourceError):
-            return current
-        if isinstance(current, OSError) and current.errno in RESOURCE_ERRNOS:
-            path = current.filename if current.filename is not None else "(path unknown)"
-            return ResourceError(str(path), RESOURCE_ERRNOS[current.errno])
+            found.append(current)
+        elif isinstance(current, OSError) and current.errno in RESOURCE_ERRNOS:
+            path = current.filename if current.filename is not None else UNKNOWN_PATH
+            found.append(ResourceError(str(path), RESOURCE_ERRNOS[current.errno]))
         current = current.__cause__ or current.__context__
-    return None
+    return next((e for e in found if e.path != UNKNOWN_PATH), found[0] if found else None)
