@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from kdbench.cli import main
 from kdbench.engine.checkpoint import CHECKPOINT_NAME, MODEL_NAME, PREVIOUS_CHECKPOINT_NAME, file_sha256
 from kdbench.tracking.lock import LOCK_NAME, FileLock, lock_holder
 from kdbench.tracking.record import BACKUP_NAME, RECORD_NAME, RunRecord
@@ -80,6 +81,13 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def status_here(grid: Path, capsys) -> str:
+    """`kdbench status GRID` in this process (no interpreter start-up): what it printed."""
+    capsys.readouterr()
+    main(["status", str(grid)])
+    return capsys.readouterr().out
+
+
 def no_traceback(*outputs: str) -> None:
     for output in outputs:
         assert "Traceback" not in output, output[-3000:]
@@ -129,7 +137,7 @@ def test_two_concurrent_runs_train_every_run_exactly_once(tmp_path, reference):
     assert numbers(teacher) == numbers(expected[tid])
 
 
-def test_corrupt_records_are_named_set_aside_restored_from_backup_or_trained_again(tmp_path, reference):
+def test_corrupt_records_are_named_set_aside_restored_from_backup_or_trained_again(tmp_path, reference, capsys):
     grid_file, expected = reference
     results = tmp_path / "results"
     shutil.copytree(grid_file.parent / "results", results)
@@ -151,9 +159,8 @@ def test_corrupt_records_are_named_set_aside_restored_from_backup_or_trained_aga
     assert f"{truncated} restored from its backup" in report.stdout  # nothing to train again
     assert not invalid.exists()  # its backup is another run's record: no restore
 
-    status = kdbench("status", str(grid))
-    no_traceback(status.stdout, status.stderr)
-    assert "student runs: 2 (1 done, 0 failed, 0 running, 0 interrupted, 1 new)" in status.stdout, status.stdout
+    status = status_here(grid, capsys)
+    assert "student runs: 2 (1 done, 0 failed, 0 running, 0 interrupted, 1 new)" in status, status
     rerun = kdbench("run", str(grid))
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert "ran 1 runs" in rerun.stdout
@@ -161,7 +168,7 @@ def test_corrupt_records_are_named_set_aside_restored_from_backup_or_trained_aga
     assert {run_id: numbers(r) for run_id, r in found.items()} == {k: numbers(r) for k, r in expected.items()}
 
 
-def test_truncated_checkpoint_costs_one_epoch_and_the_result_is_unchanged(tmp_path, reference):
+def test_truncated_checkpoint_costs_one_epoch_and_the_result_is_unchanged(tmp_path, reference, capsys):
     _, expected = reference
     grid = write_grid(tmp_path, tmp_path / "results")
     runs_root = tmp_path / "results" / "integrity" / "runs"
@@ -172,8 +179,8 @@ def test_truncated_checkpoint_costs_one_epoch_and_the_result_is_unchanged(tmp_pa
     assert checkpoint.is_file() and (runs_root / tid / PREVIOUS_CHECKPOINT_NAME).is_file()
     checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
 
-    status = kdbench("status", str(grid))
-    assert "teacher runs: 1 (0 done, 0 failed, 0 running, 1 interrupted, 0 new)" in status.stdout, status.stdout
+    status = status_here(grid, capsys)
+    assert "teacher runs: 1 (0 done, 0 failed, 0 running, 1 interrupted, 0 new)" in status, status
     resumed = kdbench("run", str(grid))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     no_traceback(resumed.stdout, resumed.stderr)
@@ -280,7 +287,7 @@ class Plug(DistillLoss):
 '''
 
 
-def test_editing_a_plugin_marks_its_done_runs_stale_and_rerun_stale_retrains_exactly_those(tmp_path):
+def test_editing_a_plugin_marks_its_done_runs_stale_and_rerun_stale_retrains_exactly_those(tmp_path, capsys):
     plugin = tmp_path / "plug.py"
     plugin.write_text(PLUGIN)
     grid = write_grid(tmp_path, tmp_path / "results", methods=["plug", "kd"], plugins=["plug.py"],
@@ -289,10 +296,10 @@ def test_editing_a_plugin_marks_its_done_runs_stale_and_rerun_stale_retrains_exa
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     plugin.write_text(PLUGIN.replace("* F.cross_entropy", "* 1.0 * F.cross_entropy"))
 
-    status = kdbench("status", str(grid))
-    assert "student runs: 2 (2 done (1 stale)" in status.stdout, status.stdout
+    status = status_here(grid, capsys)  # imports the edited plugin here; the hash is of the file on disk anyway
+    assert "student runs: 2 (2 done (1 stale)" in status, status
     assert sum(line.strip().startswith("stale ") and "method code changed" in line
-               for line in status.stdout.splitlines()) == 1, status.stdout
+               for line in status.splitlines()) == 1, status
     again = kdbench("run", str(grid))
     warning = "1 done runs of 'plug' were trained by other code (method code changed); --rerun stale retrains them"
     assert again.returncode == 0 and again.stdout.count(warning) == 1 and "ran 0 runs" in again.stdout, again.stdout
@@ -304,23 +311,23 @@ def test_editing_a_plugin_marks_its_done_runs_stale_and_rerun_stale_retrains_exa
     runs_root = tmp_path / "results" / "integrity" / "runs"
     archived = list(runs_root.glob("*/record.stale-*.json"))
     assert len(archived) == 1 and json.loads(archived[0].read_text())["method"] == "plug"
-    assert "stale" not in kdbench("status", str(grid)).stdout
+    assert "stale" not in status_here(grid, capsys)
 
 
-def test_status_tells_running_from_interrupted(tmp_path):
+def test_status_tells_running_from_interrupted(tmp_path, capsys):
     grid = write_grid(tmp_path, tmp_path / "results", methods=["vanilla"], recipe={**GRID["recipe"], "epochs": 400})
     process = start("run", str(grid))
     runs_root = tmp_path / "results" / "integrity" / "runs"
     try:
         wait_for(lambda: any(runs_root.glob(f"*/{CHECKPOINT_NAME}")), 300, "the first checkpoint")
-        status = kdbench("status", str(grid))
-        assert "student runs: 1 (0 done, 0 failed, 1 running, 0 interrupted, 0 new)" in status.stdout, status.stdout
-        assert f"pid {process.pid}, since" in status.stdout
+        status = status_here(grid, capsys)
+        assert "student runs: 1 (0 done, 0 failed, 1 running, 0 interrupted, 0 new)" in status, status
+        assert f"pid {process.pid}, since" in status
     finally:
         process.kill()
         process.wait()
-    status = kdbench("status", str(grid))
-    assert "student runs: 1 (0 done, 0 failed, 0 running, 1 interrupted, 0 new)" in status.stdout, status.stdout
+    status = status_here(grid, capsys)
+    assert "student runs: 1 (0 done, 0 failed, 0 running, 1 interrupted, 0 new)" in status, status
 
 
 def test_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path):
