@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from kdbench.tracking.atomic import atomic_write_bytes
-from kdbench.tracking.corrupt import set_aside
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
@@ -61,11 +60,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or "state" not in payload:
         raise CorruptCheckpointError("not a kdbench checkpoint")
     return payload
-
-
-def discard_checkpoint(path: Path, reason: str) -> None:
-    """Move an unusable checkpoint aside (named in one warning line)."""
-    set_aside(path, "checkpoint", reason)
 
 
 def remove_checkpoints(run_dir: Path) -> None:

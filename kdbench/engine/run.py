@@ -26,7 +26,6 @@ from kdbench.engine.checkpoint import (
     MODEL_NAME,
     CorruptCheckpointError,
     checkpoint_files,
-    discard_checkpoint,
     file_sha256,
     load_checkpoint,
     load_weights_only,
@@ -52,6 +51,7 @@ from kdbench.faults import failpoint
 from kdbench.models import build_model, model_info
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import remove_temp_files
+from kdbench.tracking.corrupt import set_aside
 from kdbench.tracking.lock import LOCK_NAME, FileLock, LockHolder, lock_holder
 from kdbench.tracking.mlflow_sink import MlflowSink, mlflow_run_name
 from kdbench.tracking.record import (
@@ -334,7 +334,7 @@ def _resume(job: RunJob, device: torch.device, ranks: DistInfo) -> tuple[_Setup,
             state = _apply_checkpoint(load_checkpoint(path), built)
         except (CorruptCheckpointError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
             if ranks.is_main:
-                discard_checkpoint(path, f"{type(error).__name__}: {error}")
+                set_aside(path, "checkpoint", f"{type(error).__name__}: {error}")
             built = _setup(job, device, ranks)  # a half-applied checkpoint must not leak into the next try
             continue
         state.resumed_from.append(state.epoch)

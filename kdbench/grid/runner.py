@@ -16,7 +16,7 @@ from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import expand_grid
 from kdbench.grid.needs import check_method_needs
-from kdbench.grid.status import PlannedRun, plan_runs, run_status, stale_summary
+from kdbench.grid.status import PlannedRun, plan_runs, run_status
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
@@ -73,8 +73,6 @@ class GridOutcome:
     blocked: list[RunSpec] = field(default_factory=list)
     blocked_because: dict[str, str] = field(default_factory=dict)  # run id → why its teacher is not usable
     busy: list[RunBusy] = field(default_factory=list)
-    stale_warnings: list[str] = field(default_factory=list)
-    stale_skipped: int = 0
     resource_error: ResourceError | None = None
     not_started: int = 0
     failed_remaining: int = 0
@@ -149,12 +147,11 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                           "processes trains each run on all of them; allowed: workers: 1")
     paths, planned = plan_grid(grid, results_root)
     target = prepare_results(grid, grid_text, paths, is_main=ranks.is_main)
-    outcome = GridOutcome(stale_warnings=stale_summary(planned))
+    outcome = GridOutcome()
     to_run: list[PlannedRun] = []
     for run in planned:
         if run.status == "done" and not (run.stale and "stale" in rerun):
             outcome.skipped_done += 1
-            outcome.stale_skipped += bool(run.stale)
         elif run.status == "failed" and "failed" not in rerun:
             outcome.skipped_failed += 1
         elif run.status == "running":

@@ -45,11 +45,6 @@ class FileLock:
         self.path = Path(path)
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        """True while this object holds the lock."""
-        return self._fd is not None
-
     def acquire(self, wait: bool = False) -> bool:
         """Take the lock (waiting for it when ``wait``); False when another open file holds it."""
         if self._fd is not None:
@@ -75,13 +70,6 @@ class FileLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-    def __enter__(self) -> FileLock:
-        self.acquire(wait=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def read_holder(path: str | Path) -> LockHolder | None:
