@@ -213,10 +213,10 @@ class GridConfig(BaseModel):
         seen: dict[str, int] = {}
         for index, spec in enumerate(value):
             try:
-                validate_dataset_spec(spec)
+                validate_dataset_spec(spec, require_files=False)  # `kdbench run` checks files before submitting
             except ValueError as error:
                 raise ValueError(f"datasets[{index}]: {error}") from None
-            identity = spec.model_dump_json(exclude={"root", "download"})
+            identity = spec.model_dump_json(exclude={"root", "download", "split_dir"})
             if identity in seen:
                 raise ValueError(f"datasets[{index}] repeats datasets[{seen[identity]}] ({spec.variant})")
             seen[identity] = index

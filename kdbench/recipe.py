@@ -23,6 +23,16 @@ class Recipe(BaseModel):
     augmentation: Literal["default", "crop_flip", "jitter", "none"] = "default"
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_batch_size: int = Field(default=256, gt=0)
+    lr_scaling: Literal["none", "linear"] = Field(
+        default="none", description="linear: lr × batch_size / lr_reference_batch (Goyal et al. 2017)")
+    lr_reference_batch: int = Field(default=256, gt=0, description="the batch size `lr` is given for (lr_scaling)")
+    channels_last: bool = Field(default=False, description="CNNs in NHWC memory format (faster on GPUs)")
+    compile: bool = Field(default=False, description="torch.compile the student and teacher (opt-in)")
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the optimiser starts from, after lr_scaling."""
+        return self.lr * self.batch_size / self.lr_reference_batch if self.lr_scaling == "linear" else self.lr
 
     @field_validator("milestones")
     @classmethod
@@ -48,6 +58,10 @@ class RecipeOverride(BaseModel):
     augmentation: Literal["default", "crop_flip", "jitter", "none"] | None = None
     precision: Literal["fp32", "bf16"] | None = None
     eval_batch_size: int | None = Field(default=None, gt=0)
+    lr_scaling: Literal["none", "linear"] | None = None
+    lr_reference_batch: int | None = Field(default=None, gt=0)
+    channels_last: bool | None = None
+    compile: bool | None = None
 
     def apply(self, recipe: Recipe) -> Recipe:
         """Return ``recipe`` with the fields set here replaced (validated again)."""

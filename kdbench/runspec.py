@@ -14,8 +14,12 @@ from kdbench.data.spec import DatasetSpec
 # Bump when the meaning of a spec changes in a way that must not reuse old results.
 SPEC_SCHEMA = 1
 
-# Fields that say where things are, not what is computed: they do not enter the run id.
-_LOCATION_FIELDS = {"dataset": {"root", "download"}}
+# Fields that say where things are or how fast they run, not what is computed: they do not enter the run id.
+_LOCATION_FIELDS = {"dataset": {"root", "download", "split_dir"}, "recipe": {"channels_last", "compile"}}
+# Fields added after run ids were first issued: left out of the id while they hold these values, so that
+# every run planned before them keeps its id (and its results).
+_ADDED_DEFAULTS = {"dataset": {"image_size": None}, "recipe": {"lr_scaling": "none", "lr_reference_batch": 256}}
+_ADDED_TOP_DEFAULTS = {"weights": None}
 
 
 class TeacherRef(BaseModel):
@@ -26,6 +30,29 @@ class TeacherRef(BaseModel):
     arch: str
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
     run_id: str
+
+
+class WeightsRef(BaseModel):
+    """Where a teacher's weights come from instead of training: a state-dict file, or the hub's pretrained ones.
+
+    ``identity`` is what the run id hashes: ``sha256:<hex>`` when a checksum is given (the file may move),
+    else the absolute path, or ``pretrained``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="an absolute file path, or 'pretrained'")
+    sha256: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What names these weights in the run id."""
+        return f"sha256:{self.sha256}" if self.sha256 else self.source
+
+    @property
+    def pretrained(self) -> bool:
+        """True for the model library's own pretrained weights."""
+        return self.source == "pretrained"
 
 
 class RunSpec(BaseModel):
@@ -42,11 +69,22 @@ class RunSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     recipe: Recipe
     seed: int
+    weights: WeightsRef | None = Field(default=None, description="teacher stage: evaluate these weights, no training")
     label: str = Field(default="", description="display name of the method setting; not part of the run id")
 
     def canonical_json(self) -> str:
         """The JSON that the run id hashes: sorted keys, no location fields, no display label."""
         payload = self.model_dump(mode="json", exclude={"label": True, **_LOCATION_FIELDS})
+        for section, defaults in _ADDED_DEFAULTS.items():
+            part = payload.get(section)
+            for name, default in defaults.items():
+                if isinstance(part, dict) and name in part and part[name] == default:
+                    del part[name]
+        for name, default in _ADDED_TOP_DEFAULTS.items():
+            if payload.get(name, default) == default:
+                payload.pop(name, None)
+        if self.weights is not None:
+            payload["weights"] = self.weights.identity
         payload["schema"] = SPEC_SCHEMA
         return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 

@@ -27,6 +27,8 @@ def build_data(spec: DatasetSpec, image_size: int, channels: int) -> DataBundle:
     """
     validate_dataset_spec(spec)
     source = get_source(spec.name)
+    if source.load_files is not None:
+        return build_file_data(spec, spec.image_size or image_size)
     raw = source.load(spec)
     num_classes = len(raw.class_names)
     _check_targets(spec.name, raw, num_classes)
@@ -57,6 +59,32 @@ def build_data(spec: DatasetSpec, image_size: int, channels: int) -> DataBundle:
         train_source_indices=train_idx,
         val_source_indices=val_idx,
     )
+
+
+def build_file_data(spec: DatasetSpec, image_size: int) -> DataBundle:
+    """build_data for an image-file source: the same subsets, picked on the file lists; nothing is decoded here.
+
+    The source's own validation split (ImageNet-LT's val) is used as is; otherwise validation and long-tailed
+    subsets come from ``select_subsets`` on the training labels, exactly as for in-memory sources.
+    """
+    source = get_source(spec.name)
+    assert source.load_files is not None and source.published_stats is not None
+    splits = source.load_files(spec, image_size)
+    num_classes = len(splits.class_names)
+    for split, files in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if files is not None and len(files) and int(files.targets.max()) >= num_classes:
+            raise ValueError(f"dataset '{spec.name}' {split}: a label is outside [0, {num_classes})")
+    train_idx, val_idx = select_subsets(spec, splits.train.targets, num_classes)
+    if splits.val is not None and val_idx is not None:
+        raise ValueError(f"dataset '{spec.name}' has its own validation split; set val_fraction and val_per_class "
+                         "to 0")
+    train = splits.train if len(train_idx) == len(splits.train) else splits.train.subset(train_idx)
+    val = splits.val if val_idx is None else splits.train.subset(val_idx)
+    mean, std = source.published_stats
+    return DataBundle(train=train, val=val, test=splits.test, num_classes=num_classes,
+                      class_names=list(splits.class_names), class_counts=train.class_counts(num_classes),
+                      mean=tuple(mean), std=tuple(std), augmentation="none", train_source_indices=train_idx,
+                      val_source_indices=val_idx)
 
 
 def select_subsets(

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from kdbench.data.files import FileImageSet
 from kdbench.data.spec import DatasetSpec
 from kdbench.registry import Registry
 
@@ -26,6 +27,15 @@ class RawData(NamedTuple):
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 
+class FileSplits(NamedTuple):
+    """A file source's splits at one crop size: train, its own validation split (or None), test, class names."""
+
+    train: FileImageSet
+    val: FileImageSet | None
+    test: FileImageSet
+    class_names: list[str]
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     """A registered dataset: its loader and the facts known without loading it."""
@@ -37,6 +47,12 @@ class DatasetSource:
     augmentation: str
     published_stats: Stats | None = None
     missing_files: Callable[[DatasetSpec], str | None] | None = None
+    load_files: Callable[[DatasetSpec, int], FileSplits] | None = None
+
+    @property
+    def streams(self) -> bool:
+        """True for sources read from image files batch by batch (their files are checked when a run starts)."""
+        return self.load_files is not None
 
     def num_classes(self, spec: DatasetSpec) -> int:
         """Number of classes of the source."""
@@ -66,6 +82,27 @@ def register_dataset(
 
     def decorator(fn: Callable[[DatasetSpec], RawData]) -> Callable[[DatasetSpec], RawData]:
         source = DatasetSource(name, fn, train_class_counts, native_shape, augmentation, published_stats, missing_files)
+        DATASETS.register(name)(source)
+        return fn
+
+    return decorator
+
+
+def register_file_dataset(
+    name: str,
+    *,
+    train_class_counts: Callable[[DatasetSpec], list[int]],
+    missing_files: Callable[[DatasetSpec], str | None],
+    published_stats: Stats,
+) -> Callable[[Callable[[DatasetSpec, int], FileSplits]], Callable[[DatasetSpec, int], FileSplits]]:
+    """Decorator registering ``fn(spec, image_size) -> FileSplits`` as the image-file dataset ``name``."""
+
+    def decorator(fn: Callable[[DatasetSpec, int], FileSplits]) -> Callable[[DatasetSpec, int], FileSplits]:
+        def not_in_memory(spec: DatasetSpec) -> RawData:
+            raise TypeError(f"dataset '{name}' is read from files batch by batch; it has no in-memory form")
+
+        source = DatasetSource(name, not_in_memory, train_class_counts, (3, 224, 224), "random_resized_crop_flip",
+                               published_stats, missing_files, fn)
         DATASETS.register(name)(source)
         return fn
 

@@ -24,6 +24,8 @@ class DatasetSpec(BaseModel):
     name: str
     root: str | None = Field(default=None, description="local folder; location only, not part of run ids")
     download: bool = Field(default=False, description="let torchvision fetch the data where there is internet")
+    split_dir: str | None = Field(default=None, description="imagenet_lt: folder of the split files; default: root")
+    image_size: int | None = Field(default=None, ge=8, description="side of the model's input; default: the model's")
     long_tail: LongTailSpec | None = None
     subset_seed: int = Field(default=0, description="seed of the long-tail and validation subsets")
     val_per_class: int = Field(default=10, ge=0, description="long-tailed: balanced validation from discarded images")

@@ -8,18 +8,24 @@ from kdbench.data.spec import DatasetSpec
 from kdbench.registry import UnknownNameError
 
 
-def validate_dataset_spec(spec: DatasetSpec) -> None:
+def validate_dataset_spec(spec: DatasetSpec, *, require_files: bool = True) -> None:
     """Raise ValueError (message starts with the field, e.g. 'dataset.root: ...') for a spec that cannot load.
 
     Checks: the dataset name is registered; file-based datasets (mnist, cifar10, cifar100) have their files under
     ``root`` (or, with ``download: true``, at least a root to download into); a long-tailed spec leaves every
     class at least one image and sets no ``val_fraction``; a balanced spec's ``val_fraction`` leaves every class
-    at least one training image.
+    at least one training image. With ``require_files=False`` an image-file source (imagenet, imagenet_lt,
+    image_folder) whose files are missing passes (planning without data; ``missing_data`` says what is missing),
+    and the checks that need its files are left to the run.
     """
     try:
         source = get_source(spec.name)
     except UnknownNameError as exc:
         raise ValueError(f"dataset.name: {exc}") from None
+    if source.streams and spec.long_tail is not None and spec.name == "imagenet_lt":
+        raise ValueError("dataset.long_tail: imagenet_lt is long-tailed by its split files; remove long_tail")
+    if not require_files and source.streams and missing_data(spec) is not None:
+        return
     _check_files(spec, source)
     counts = source.train_class_counts(spec)
     if spec.long_tail is not None:
@@ -31,6 +37,12 @@ def validate_dataset_spec(spec: DatasetSpec) -> None:
                     f"dataset.val_fraction: {spec.val_fraction:g} would hold out all {n} training images of class "
                     f"{c} of {spec.name}; use a smaller fraction"
                 )
+
+
+def missing_data(spec: DatasetSpec) -> str | None:
+    """None when ``spec``'s files are present (or it needs none), else one line naming what is missing."""
+    source = get_source(spec.name)
+    return source.missing_files(spec) if source.missing_files is not None else None
 
 
 def _check_files(spec: DatasetSpec, source: DatasetSource) -> None:

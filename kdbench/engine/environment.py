@@ -22,6 +22,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device, recipe: Any) -> torch.nn.Module:
+    """``model`` on ``device``, in channels_last memory format and compiled in place when the recipe asks.
+
+    ``nn.Module.compile`` compiles the forward in place, so state-dict keys, hooks and checkpoints stay those
+    of the plain module.
+    """
+    model = model.to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if recipe.compile:
+        model.compile()
+    return model
+
+
+def configure_device(device: torch.device) -> None:
+    """Let cuDNN pick the fastest convolution algorithms for the (fixed) input shapes of a run."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def configure_threads() -> int:
     """Honour SLURM_CPUS_PER_TASK for torch's intra-op threads; return the thread count in use."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdbench.data import ImageSet, iterate_batches
-from kdbench.data.batches import shard_bounds
+from kdbench.data.loaders import EvalBatches
 from kdbench.engine.distributed import SINGLE, DistInfo, all_reduce_sum
 from kdbench.tracking.record import EvalResult
 
@@ -37,26 +36,21 @@ def metrics_from_counts(confusion: torch.Tensor, top5_correct: int, loss_sum: fl
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: ImageSet, *, num_classes: int, batch_size: int, mean, std,
-             device: torch.device, autocast: contextlib.AbstractContextManager | None = None,
-             dist: DistInfo = SINGLE) -> EvalResult:
-    """Run ``model`` over ``images`` in eval mode; counts stay on the device until the end (one sync).
+def evaluate(model: nn.Module, batches: EvalBatches, *, num_classes: int, device: torch.device,
+             autocast: contextlib.AbstractContextManager | None = None, dist: DistInfo = SINGLE) -> EvalResult:
+    """Run ``model`` over ``batches()`` in eval mode; counts stay on the device until the end (one sync).
 
-    With several processes (``dist``) each evaluates a contiguous block of ``images`` and the confusion counts,
-    top-5 hits and loss sums are summed over ranks, so every rank returns the exact metrics of the whole set.
+    With several processes (``dist``) each evaluates its contiguous block of the set (``eval_batches`` with
+    ``shard=(rank, world)``) and the confusion counts, top-5 hits and loss sums are summed over ranks, so every
+    rank returns the exact metrics of the whole set.
     """
-    if dist.distributed:
-        start, stop = shard_bounds(len(images), dist.rank, dist.world_size)
-        images = ImageSet(images.images[start:stop], images.targets[start:stop])
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     top5_correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     k = min(5, num_classes)
-    batches = iterate_batches(images, batch_size, shuffle=False, seed=0, epoch=0, augmentation="none",
-                              mean=mean, std=std, device=device)
-    for batch in batches:
+    for batch in batches():
         with autocast or contextlib.nullcontext():
             logits = model(batch["input"])
         logits = logits.float()

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdbench.data import ImageSet, iterate_batches
 from kdbench.data.batches import training_batches
+from kdbench.data.loaders import TrainBatches
 from kdbench.engine.distributed import SINGLE, DistInfo, all_reduce_sum, average_batchnorm_statistics, average_gradients
+from kdbench.faults import failpoint
 from kdbench.loss import DistillLoss, Progress
 from kdbench.models import FeatureTaps
 
@@ -40,15 +41,10 @@ class TrainParts:
     teacher_taps: FeatureTaps | None
     loss: DistillLoss
     optimizer: torch.optim.Optimizer
-    train_set: ImageSet
+    batches: TrainBatches  # batches(epoch): this process's training batches of the epoch
+    num_images: int
     batch_size: int
-    augmentation: str
-    views: str
-    contrast_k: int | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     device: torch.device
-    seed: int
     epochs: int
     autocast: contextlib.AbstractContextManager
     dist: DistInfo = SINGLE
@@ -67,8 +63,8 @@ def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> 
     parts.student.train()
     parts.loss.train()
     started = time.perf_counter()
-    num_images = len(parts.train_set.targets)
-    rank, world = parts.dist.rank, parts.dist.world_size
+    num_images = parts.num_images
+    world = parts.dist.world_size
     steps = training_batches(num_images, parts.batch_size, world)
     trainable = ([p for p in [*parts.student.parameters(), *parts.loss.parameters()] if p.requires_grad]
                  if world > 1 else [])
@@ -76,12 +72,11 @@ def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> 
     sums = torch.zeros(0, device=parts.device)  # per-term sums weighted by batch size, kept on the device
     correct = torch.zeros((), dtype=torch.long, device=parts.device)
     seen = 0
-    batches = iterate_batches(parts.train_set, parts.batch_size, shuffle=True, seed=parts.seed, epoch=epoch,
-                              augmentation=parts.augmentation, mean=parts.mean, std=parts.std, device=parts.device,
-                              views=parts.views, contrast_k=parts.contrast_k, shard=(rank, world))
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(parts.batches(epoch)):
         if max_steps is not None and step >= max_steps:
             break
+        if step == steps // 2:
+            failpoint(f"mid-epoch:{epoch}")  # tests: a kill in the middle of epoch N
         progress = Progress(epoch=epoch, epochs=parts.epochs, step=step, steps_per_epoch=steps)
         with parts.autocast:
             student_out = parts.student_taps(batch["input"])

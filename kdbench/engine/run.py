@@ -18,9 +18,11 @@ from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers the built-in methods in any worker process)
 from kdbench.codeid import code_identity, stale_reasons
-from kdbench.config import import_plugins
-from kdbench.data import DataBundle, build_data
+from kdbench.config import Recipe, import_plugins
+from kdbench.data import DataBundle, build_data, eval_batches
 from kdbench.data.batches import check_shardable
+from kdbench.data.loaders import EvalBatches
+from kdbench.data.streaming import default_workers
 from kdbench.engine.assemble import assemble_training
 from kdbench.engine.checkpoint import (
     MODEL_NAME,
@@ -43,7 +45,13 @@ from kdbench.engine.distributed import (
     dist_info_from_env,
     init_distributed,
 )
-from kdbench.engine.environment import configure_threads, peak_memory_bytes, provenance
+from kdbench.engine.environment import (
+    configure_device,
+    configure_threads,
+    peak_memory_bytes,
+    prepare_model,
+    provenance,
+)
 from kdbench.engine.evaluate import evaluate
 from kdbench.engine.loop import train_epoch
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -107,6 +115,7 @@ class RunJob:
     tracking_experiment: str | None = None
     label: str = ""
     rerun_stale: bool = False  # train again when the done record's code or teacher differs from today's
+    loader_workers: int | None = None  # DataLoader workers for image-file datasets; None: the CPUs given minus one
     plugins: list[str] = field(default_factory=list)  # absolute files or module names, imported in the worker
     observers: list[RunObserver] = field(default_factory=list)
 
@@ -288,8 +297,8 @@ class _Setup:
     """Everything a run trains with, built from its spec (again, after a checkpoint that failed to apply)."""
 
     data: DataBundle
-    test_set: Any
-    val_set: Any
+    test_batches: EvalBatches
+    val_batches: EvalBatches | None
     student: nn.Module
     teacher_info: TeacherInfo | None
     parts: Any
@@ -299,18 +308,34 @@ class _Setup:
 def _setup(job: RunJob, device: torch.device, ranks: DistInfo) -> _Setup:
     spec, recipe = job.spec, job.spec.recipe
     seed_everything(spec.seed)
-    info = model_info(spec.arch, **spec.arch_kwargs)
-    data: DataBundle = build_data(spec.dataset, info.input_size, info.in_channels)
-    train_set, test_set = data.train.to(device), data.test.to(device)
-    val_set = data.val.to(device) if data.val is not None else None
-    student = build_model(spec.arch, data.num_classes, **spec.arch_kwargs).to(device)
+    data = _build_data(spec)
+    workers = job.loader_workers if job.loader_workers is not None else default_workers()
+    test_batches, val_batches = _eval_batches(data, recipe, device, ranks, workers)
+    student = prepare_model(build_model(spec.arch, data.num_classes, **spec.arch_kwargs), device, recipe)
     teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
                              if spec.teacher is not None else (None, None))
+    if teacher is not None:
+        teacher = prepare_model(teacher, device, recipe)
     parts = assemble_training(method=spec.method, params=spec.params, student=student, teacher=teacher, data=data,
-                              train_set=train_set, recipe=recipe, device=device, seed=spec.seed, dist=ranks)
+                              train_set=data.train.to(device), recipe=recipe, device=device, seed=spec.seed,
+                              dist=ranks, loader_workers=workers)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(parts.optimizer, milestones=list(recipe.milestones),
                                                      gamma=recipe.gamma)
-    return _Setup(data, test_set, val_set, student, teacher_info, parts, scheduler)
+    return _Setup(data, test_batches, val_batches, student, teacher_info, parts, scheduler)
+
+
+def _build_data(spec: RunSpec) -> DataBundle:
+    info = model_info(spec.arch, **spec.arch_kwargs)
+    return build_data(spec.dataset, spec.dataset.image_size or info.input_size, info.in_channels)
+
+
+def _eval_batches(data: DataBundle, recipe: Recipe, device: torch.device, ranks: DistInfo,
+                  workers: int) -> tuple[EvalBatches, EvalBatches | None]:
+    args = dict(mean=data.mean, std=data.std, device=device, shard=(ranks.rank, ranks.world_size), workers=workers,
+                channels_last=recipe.channels_last)
+    test = eval_batches(data.test.to(device), recipe.eval_batch_size, **args)
+    val = eval_batches(data.val.to(device), recipe.eval_batch_size, **args) if data.val is not None else None
+    return test, val
 
 
 def _apply_checkpoint(checkpoint: dict[str, Any], built: _Setup) -> _State:
@@ -355,12 +380,12 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     spec, run_dir, recipe = job.spec, job.run_dir, job.spec.recipe
     configure_threads()
     device = device_for(job.device, ranks)
+    configure_device(device)
     ranks = init_distributed(device)
     if ranks.distributed:
         check_shardable(recipe.batch_size, ranks.world_size)
     built, state = _resume(job, device, ranks)
-    data, test_set, val_set, student, teacher_info = (built.data, built.test_set, built.val_set, built.student,
-                                                      built.teacher_info)
+    data, student, teacher_info = built.data, built.student, built.teacher_info
     parts, scheduler = built.parts, built.scheduler
     loss, optimizer, autocast = parts.loss, parts.optimizer, parts.autocast
     broadcast_state(student, loss)  # every rank starts from rank 0's weights and method state
@@ -368,14 +393,13 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     for observer in observers:
         observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
                           spec.model_dump(mode="json"), state.epoch)
-    eval_args = dict(num_classes=data.num_classes, batch_size=recipe.eval_batch_size, mean=data.mean, std=data.std,
-                     device=device, autocast=autocast, dist=ranks)
+    eval_args = dict(num_classes=data.num_classes, device=device, autocast=autocast, dist=ranks)
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         result = train_epoch(parts, epoch)
         scheduler.step()
-        state.last_test = evaluate(student, test_set, **eval_args)
-        state.last_val = evaluate(student, val_set, **eval_args) if val_set is not None else None
+        state.last_test = evaluate(student, built.test_batches, **eval_args)
+        state.last_val = evaluate(student, built.val_batches, **eval_args) if built.val_batches is not None else None
         if state.last_val is not None and (state.best_val is None or state.last_val.top1 > state.best_val.val_top1):
             state.best_val = BestVal(epoch=epoch, val_top1=state.last_val.top1, test=state.last_test)
         entry = EpochLog(epoch=epoch, lr=lr, train=result.terms, test_top1=state.last_test.top1,
