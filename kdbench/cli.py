@@ -138,7 +138,16 @@ def _run(args: argparse.Namespace) -> int:
         from kdbench.grid.slurm_cli import require_sbatch
 
         require_sbatch()
+    from kdbench.grid.preflight import preflight_problems
+
+    problems = preflight_problems(grid)
+    if problems and not args.dry_run:
+        from kdbench.config import ConfigError
+
+        raise ConfigError("\n".join(f"{args.grid}: {line}" for line in problems))
     planned = _print_plan(grid, args.results, args.rerun)
+    for line in problems:
+        print(f"not ready: {line} (a real run stops here, before anything is submitted)")
     if args.dry_run:
         if (args.executor or grid.executor.kind) == "slurm":
             from kdbench.clusterconf import ClusterConfig

@@ -49,11 +49,30 @@ class ModelChoice(BaseModel):
 
     arch: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(default=None, description="teachers: a state-dict file, or 'pretrained'")
+    sha256: str | None = Field(default=None, description="the weights file's sha256, checked before use")
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, data: Any) -> Any:
         return {"arch": data} if isinstance(data, str) else data
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError(f"'{value}' is not a sha256 digest; allowed: 64 hexadecimal digits")
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _checksum_needs_file(self) -> ModelChoice:
+        if self.sha256 is not None and self.weights in (None, "pretrained"):
+            raise ValueError(f"sha256 checks a weights file; {self.arch} has weights = {self.weights!r}")
+        if self.weights == "pretrained":
+            from kdbench.models.pretrained import pretrained_source
+
+            pretrained_source(self.arch)  # raises naming the models that have library weights
+        return self
 
     @field_validator("arch")
     @classmethod
@@ -71,6 +90,13 @@ class PairConfig(BaseModel):
 
     teacher: ModelChoice
     student: ModelChoice
+
+    @field_validator("student")
+    @classmethod
+    def _student_is_trained(cls, value: ModelChoice) -> ModelChoice:
+        if value.weights is not None:
+            raise ValueError(f"weights = '{value.weights}': a student is always trained; weights apply to teachers")
+        return value
 
     @property
     def label(self) -> str:
@@ -135,6 +161,9 @@ class Override(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Datasets whose held-out images are in ImageNet-1k's training set: pretrained ImageNet teachers leak there.
+LEAKY_PRETRAINED_DATASETS = ("imagenet_lt",)
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
 
 
@@ -153,6 +182,8 @@ class ExecutorConfig(BaseModel):
     kind: Literal["local", "debug", "slurm"] = "local"
     workers: int = Field(default=1, ge=1, description="local: parallel run processes")
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
+    loader_workers: int | None = Field(default=None, ge=0, description="DataLoader workers per run for image-file "
+                                       "datasets; default: the CPUs the run may use minus one (at most 16)")
 
     @field_validator("device")
     @classmethod
@@ -189,6 +220,8 @@ class GridConfig(BaseModel):
     cluster: ClusterConfig | None = Field(default=None, description="Slurm resources (executor kind slurm)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output: str = Field(default="results", description="results root; relative to the working directory")
+    allow_leaky_teacher: bool = Field(default=False, description="accept ImageNet-1k pretrained teachers on "
+                                      "imagenet_lt (they have seen its held-out tail and test images)")
 
     @field_validator("name")
     @classmethod
@@ -252,6 +285,20 @@ class GridConfig(BaseModel):
             if label in labels[:index]:
                 raise ValueError(f"methods[{index}]: '{label}' appears twice; give one a distinct `label`")
         return value
+
+    @model_validator(mode="after")
+    def _no_leaky_teacher(self) -> GridConfig:
+        leaky = [d.name for d in self.datasets if d.name in LEAKY_PRETRAINED_DATASETS]
+        if not leaky or self.allow_leaky_teacher:
+            return self
+        for index, pair in enumerate(self.pairs):
+            if pair.teacher.weights == "pretrained":
+                raise ValueError(
+                    f"pairs[{index}].teacher.weights = 'pretrained' on {leaky[0]}: the library's ImageNet-1k weights "
+                    f"have seen {leaky[0]}'s held-out tail images and its test images (ImageNet val), so every "
+                    "number distilled from them is optimistic; train the teacher on the split (remove weights) or "
+                    "set allow_leaky_teacher: true to accept this knowingly")
+        return self
 
     @model_validator(mode="after")
     def _overrides_match_something(self) -> GridConfig:
@@ -321,7 +368,7 @@ def _validation_lines(error: ValidationError, root: type[BaseModel] | None = Non
     for item in error.errors(include_url=False):
         location = _format_location(tuple(p for p in item["loc"] if not str(p).startswith("function-")))
         message = item["msg"].removeprefix("Value error, ")
-        if message[:9] in ("datasets[", "pairs[", "methods[", "override"):
+        if message.startswith(("datasets[", "pairs[", "methods[", "override")):
             lines.append(message)  # the validator already named the entry
         elif item["type"] in ("missing",):
             lines.append(f"{location}: required field is missing")
@@ -389,10 +436,22 @@ def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = 
         raw["datasets"] = [{**d, "root": data_root} if isinstance(d, dict) else d for d in raw["datasets"]]
     if isinstance(raw.get("datasets"), list):
         raw["datasets"] = [_expand_root(d) for d in raw["datasets"]]
+    if isinstance(raw.get("pairs"), list):
+        raw["pairs"] = [_expand_weights(p, base_dir or Path.cwd()) for p in raw["pairs"]]
     try:
         return GridConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError("\n".join(_validation_lines(error, GridConfig))) from None
+
+
+def _expand_weights(pair: Any, base_dir: Path) -> Any:
+    """A pair whose teacher weights file is made absolute (relative to the grid file's folder)."""
+    teacher = pair.get("teacher") if isinstance(pair, dict) else None
+    weights = teacher.get("weights") if isinstance(teacher, dict) else None
+    if not isinstance(weights, str) or weights == "pretrained":
+        return pair
+    path = (base_dir / os.path.expanduser(os.path.expandvars(weights))).resolve()
+    return {**pair, "teacher": {**teacher, "weights": str(path)}}
 
 
 def _expand_root(dataset: Any) -> Any:

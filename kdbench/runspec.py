@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,6 +106,9 @@ class RunSpec(BaseModel):
 
     def describe(self) -> str:
         """A one-line human description, for progress lines."""
+        if self.stage == "teacher" and self.weights is not None:
+            given = "pretrained" if self.weights.pretrained else Path(self.weights.source).name
+            return f"teacher {self.arch} {self.dataset.variant} from weights ({given})"
         if self.stage == "teacher":
             return f"teacher {self.arch} {self.dataset.variant} seed {self.seed}"
         return f"student {self.display_method} {self.pair} {self.dataset.variant} seed {self.seed}"

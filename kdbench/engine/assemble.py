@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 from kdbench.config import Recipe
 from kdbench.data import DataBundle, FileImageSet, ImageSet, train_batches, warn_if_too_many_negatives
 from kdbench.engine.distributed import SINGLE, DistInfo
+from kdbench.engine.environment import autocast_for
 from kdbench.engine.loop import TrainParts
 from kdbench.loss import METHODS, LossContext
 from kdbench.models import FeatureTaps, tap_shapes
@@ -47,8 +47,7 @@ def assemble_training(*, method: str, params: dict[str, Any], student: nn.Module
     optimizer = torch.optim.SGD([*student.parameters(), *loss.parameters()], lr=recipe.effective_lr,
                                 momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if recipe.precision == "bf16"
-                else contextlib.nullcontext())
+    autocast = autocast_for(recipe, device)
     return TrainParts(student=student, student_taps=FeatureTaps(student, needs.student_taps), teacher=teacher,
                       teacher_taps=FeatureTaps(teacher, needs.teacher_taps) if teacher is not None else None,
                       loss=loss, optimizer=optimizer, batches=batches, num_images=len(train_set),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -34,6 +35,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, recipe: Any) -> 
     if recipe.compile:
         model.compile()
     return model
+
+
+def autocast_for(recipe: Any, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when the recipe's precision is bf16, else a no-op context."""
+    if recipe.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def configure_device(device: torch.device) -> None:

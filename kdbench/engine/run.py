@@ -46,6 +46,7 @@ from kdbench.engine.distributed import (
     init_distributed,
 )
 from kdbench.engine.environment import (
+    autocast_for,
     configure_device,
     configure_threads,
     peak_memory_bytes,
@@ -53,6 +54,7 @@ from kdbench.engine.environment import (
     provenance,
 )
 from kdbench.engine.evaluate import evaluate
+from kdbench.engine.given_weights import load_given_weights
 from kdbench.engine.loop import train_epoch
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from kdbench.faults import failpoint
@@ -382,6 +384,8 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     device = device_for(job.device, ranks)
     configure_device(device)
     ranks = init_distributed(device)
+    if spec.weights is not None:
+        return _evaluate_given_teacher(job, observers, device, ranks)
     if ranks.distributed:
         check_shardable(recipe.batch_size, ranks.world_size)
     built, state = _resume(job, device, ranks)
@@ -436,6 +440,40 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         **_base_record(job),
     )
     return record
+
+
+def _evaluate_given_teacher(job: RunJob, observers: list[RunObserver], device: torch.device,
+                            ranks: DistInfo) -> RunRecord:
+    """A teacher given by weights: load them, evaluate on test (and validation), keep them as the run's model.pt."""
+    spec, recipe = job.spec, job.spec.recipe
+    assert spec.weights is not None
+    started = time.perf_counter()
+    data = _build_data(spec)
+    workers = job.loader_workers if job.loader_workers is not None else default_workers()
+    test_batches, val_batches = _eval_batches(data, recipe, device, ranks, workers)
+    model = build_model(spec.arch, data.num_classes, **spec.arch_kwargs)
+    state, weights_info = load_given_weights(spec.weights, model)
+    model.load_state_dict(state)
+    model = prepare_model(model, device, recipe)
+    for observer in observers:
+        observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
+                          spec.model_dump(mode="json"), 0)
+    eval_args = dict(num_classes=data.num_classes, device=device, autocast=autocast_for(recipe, device), dist=ranks)
+    final = evaluate(model, test_batches, **eval_args)
+    final_val = evaluate(model, val_batches, **eval_args) if val_batches is not None else None
+    log.info("%s%s | evaluated: test %.2f%s", job.label, spec.describe(), final.top1,
+             f" val {final_val.top1:.2f}" if final_val is not None else "")
+    if ranks.is_main:
+        save_atomic(state, job.run_dir / MODEL_NAME)
+    return RunRecord(
+        status="done", num_classes=data.num_classes, class_counts=list(data.class_counts), final=final,
+        final_val=final_val, student_params=sum(p.numel() for p in model.parameters()), extra_params=0,
+        peak_memory_bytes=peak_memory_bytes(device),
+        model_sha256=file_sha256(job.run_dir / MODEL_NAME) if ranks.is_main else None,
+        provenance=provenance(device) | {"train_seconds": 0.0, "eval_seconds": time.perf_counter() - started,
+                                         "weights": weights_info},
+        **_base_record(job),
+    )
 
 
 def _indices_digest(data: DataBundle) -> str:

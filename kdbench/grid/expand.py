@@ -7,7 +7,7 @@ from typing import Any
 from kdbench.config import ConfigError, GridConfig, MethodEntry, Override, PairConfig, Recipe
 from kdbench.data.spec import DatasetSpec
 from kdbench.loss import METHODS
-from kdbench.runspec import RunSpec, TeacherRef
+from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
 TEACHER_METHOD = "vanilla"
 
@@ -44,13 +44,19 @@ def _resolve(grid: GridConfig, base: Recipe, method: MethodEntry | None, **where
 
 
 def teacher_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, seed: int) -> RunSpec:
-    """The teacher run of ``pair`` on ``dataset``: the vanilla loss and the (teacher) recipe."""
+    """The teacher run of ``pair`` on ``dataset``: the vanilla loss and the (teacher) recipe.
+
+    A teacher given by ``weights`` is not trained: its run only evaluates the weights (seed 0, whatever the
+    grid's teacher seed, since nothing random happens).
+    """
     base = grid.teacher_recipe.apply(grid.recipe)
     recipe, _ = _resolve(grid, base, None, stage="teacher", dataset=dataset, teacher=pair.teacher.arch,
                          student=pair.teacher.arch)
+    weights = (WeightsRef(source=pair.teacher.weights, sha256=pair.teacher.sha256)
+               if pair.teacher.weights is not None else None)
     return RunSpec(stage="teacher", dataset=dataset, arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
                    method=TEACHER_METHOD, params=METHODS.get(TEACHER_METHOD).resolve_hparams({}),
-                   recipe=recipe, seed=seed, label="teacher")
+                   recipe=recipe, seed=0 if weights is not None else seed, label="teacher", weights=weights)
 
 
 def expand_grid(grid: GridConfig) -> list[RunSpec]:

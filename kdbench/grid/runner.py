@@ -164,7 +164,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
     def job_for(spec: RunSpec, label: str) -> RunJob:
         return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
                       tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
-                      label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun)
+                      label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun,
+                      loader_workers=grid.executor.loader_workers)
 
     retrained: set[str] = set()
     for stage in ("teacher", "student"):

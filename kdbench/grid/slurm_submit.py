@@ -155,7 +155,8 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
         return RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                       device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                       tracking_experiment=target[1] if target else None, label=f"[{run.spec.stage}] ",
-                      plugins=list(grid.plugins), rerun_stale="stale" in rerun)
+                      plugins=list(grid.plugins), rerun_stale="stale" in rerun,
+                      loader_workers=grid.executor.loader_workers)
 
     teacher_jobs = {s.run.spec.run_id: s.job_id for s in states.values()
                     if s.run.spec.stage == "teacher" and s.state in ("running", "pending")}
