@@ -2,7 +2,8 @@
 
 ``build_model(name, num_classes, **kwargs)`` builds a registered model, a CIFAR ViT preset (``vit_cifar_tiny``)
 or any timm model as ``timm:<name>`` (see ``timm_adapter``); ``FeatureTaps`` collects named
-features (``logits``, ``pooled``, ``stage1…N``, ``pre_stageK``, ``tokens``) through forward hooks.
+features (``logits``, ``pooled``, ``stage1…N``, ``pre_stageK``, ``tokens``) through forward hooks;
+``state_dict_from_file(path, model)`` reads a weight file (e.g. a published teacher) fitted to a model.
 """
 
 from kdbench.models import (  # noqa: F401  (imported to register their models)
@@ -27,6 +28,7 @@ from kdbench.models.taps import (
     tokens_from_map,
 )
 from kdbench.models.timm_adapter import TIMM_PREFIX, TimmModel
+from kdbench.models.weights import WeightsError, state_dict_from_file
 
 __all__ = [
     "ALL_STAGES",
@@ -35,6 +37,7 @@ __all__ = [
     "FeatureTaps",
     "ModelInfo",
     "TimmModel",
+    "WeightsError",
     "available_taps",
     "build_model",
     "expand_tap_names",
@@ -42,6 +45,7 @@ __all__ = [
     "model_info",
     "model_names",
     "register_model",
+    "state_dict_from_file",
     "tap_shapes",
     "tokens_from_map",
 ]
