@@ -1,4 +1,4 @@
-"""Models: the CIFAR KD zoo, small digits/MNIST models, timm models, and feature taps.
+"""Models: the CIFAR KD zoo, ImageNet models, small digits/MNIST models, timm models, and feature taps.
 
 ``build_model(name, num_classes, **kwargs)`` builds a registered model, a CIFAR ViT preset (``vit_cifar_tiny``)
 or any timm model as ``timm:<name>`` (see ``timm_adapter``); ``FeatureTaps`` collects named
@@ -8,6 +8,7 @@ features (``logits``, ``pooled``, ``stage1…N``, ``pre_stageK``, ``tokens``) th
 
 from kdbench.models import (  # noqa: F401  (imported to register their models)
     cifar_resnet,
+    imagenet,
     imagenet_style_resnet,
     mobilenetv2,
     shufflenet_v1,
