@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -61,35 +62,43 @@ def _x() -> torch.Tensor:
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
-_OPTIMIZER_STATES: dict[int, dict] = {}  # id(teacher) → its optimizer's state dict
+class Trained(NamedTuple):
+    """A model 'after training' and its optimizer's state dict (momentum buffers, as in a real checkpoint)."""
+
+    model: nn.Module
+    optimizer_state: dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def teacher() -> nn.Module:
-    """A resnet8x4 'after training': one SGD step, and BatchNorm statistics from a train-mode forward."""
+def trained() -> Trained:
+    """A resnet8x4 after one SGD step, with BatchNorm statistics from that train-mode forward; in eval mode."""
     torch.manual_seed(0)
     model = build_model("resnet8x4", 100).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(_x()).logsumexp(1).mean().backward()
     optimizer.step()
-    _OPTIMIZER_STATES[id(model)] = optimizer.state_dict()  # momentum buffers, as in a real checkpoint
-    return model.eval()
+    return Trained(model.eval(), optimizer.state_dict())
 
 
-def _repdistiller_file(teacher: nn.Module, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+@pytest.fixture
+def teacher(trained: Trained) -> nn.Module:
+    return trained.model
+
+
+def _repdistiller_file(trained: Trained, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """A file as RepDistiller's train_teacher.py writes ckpt_epoch_240.pth (mdistiller's teachers are the same)."""
     payload = {
         "epoch": 240,
-        "model": teacher.state_dict() if state is None else state,
+        "model": trained.model.state_dict() if state is None else state,
         "accuracy": torch.tensor(79.42),
-        "optimizer": _OPTIMIZER_STATES[id(teacher)],
+        "optimizer": trained.optimizer_state,
     }
     torch.save(payload, path)
     return path
 
 
-def test_a_repdistiller_checkpoint_loads_with_identical_logits(teacher, tmp_path) -> None:
-    path = _repdistiller_file(teacher, tmp_path / "ckpt_epoch_240.pth")
+def test_a_repdistiller_checkpoint_loads_with_identical_logits(trained, teacher, tmp_path) -> None:
+    path = _repdistiller_file(trained, tmp_path / "ckpt_epoch_240.pth")
     fresh = build_model("resnet8x4", 100).eval()
     state = state_dict_from_file(path, fresh, sha256=file_sha256(path))
     assert list(state) == list(fresh.state_dict())
@@ -135,11 +144,11 @@ def test_a_wrapped_model_takes_a_bare_state_dict(teacher, tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------ errors
 
 
-def test_missing_and_unexpected_keys_are_named_and_counted(teacher, tmp_path) -> None:
-    state = dict(teacher.state_dict())
+def test_missing_and_unexpected_keys_are_named_and_counted(trained, tmp_path) -> None:
+    state = dict(trained.model.state_dict())
     state["linear.weight"] = state.pop("fc.weight")
     state["linear.bias"] = state.pop("fc.bias")
-    path = _repdistiller_file(teacher, tmp_path / "renamed.pth", state)
+    path = _repdistiller_file(trained, tmp_path / "renamed.pth", state)
     with pytest.raises(WeightsError) as caught:
         state_dict_from_file(path, build_model("resnet8x4", 100))
     message = str(caught.value)
@@ -152,8 +161,8 @@ def test_missing_and_unexpected_keys_are_named_and_counted(teacher, tmp_path) ->
         state_dict_from_file(path, deeper)
 
 
-def test_shape_mismatch_names_the_key_and_both_shapes(teacher, tmp_path) -> None:
-    path = _repdistiller_file(teacher, tmp_path / "ckpt.pth")
+def test_shape_mismatch_names_the_key_and_both_shapes(trained, tmp_path) -> None:
+    path = _repdistiller_file(trained, tmp_path / "ckpt.pth")
     with pytest.raises(WeightsError) as caught:
         state_dict_from_file(path, build_model("resnet8x4", 10))  # 10 classes, the file has 100
     assert str(caught.value) == (
@@ -240,8 +249,8 @@ def test_not_a_pytorch_file(tmp_path, content: bytes, cause: str) -> None:
         state_dict_from_file(path, nn.Linear(2, 2))
 
 
-def test_a_truncated_file(teacher, tmp_path) -> None:
-    path = _repdistiller_file(teacher, tmp_path / "ckpt.pth")
+def test_a_truncated_file(trained, tmp_path) -> None:
+    path = _repdistiller_file(trained, tmp_path / "ckpt.pth")
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match=r"not a PyTorch weight file, or a damaged one: RuntimeError: "
                                            r"PytorchStreamReader failed"):
