@@ -58,6 +58,7 @@ PARAMS_100 = {
     "cnn_large": 105_796,
 }
 ZOO = [n for n in PARAMS_100 if not n.startswith(("mlp", "cnn"))]
+IMAGENET = {"resnet18", "resnet34", "resnet50", "mobilenet_v1"}  # 224 px models, tested in test_imagenet_models.py
 SMALL = ["mlp_1200x2", "mlp_800x2", "cnn_small", "cnn_large"]
 SLOW = {"ResNet50", "vgg19"}
 NUM_STAGES = {"vgg": 5, "resnet": 4, "mobilenetv2": 4, "cifar_resnet": 3, "wide_resnet": 3, "shufflenet": 3, "mlp": 2}
@@ -80,9 +81,9 @@ def _count(model: nn.Module) -> int:
 
 
 def test_registry_holds_exactly_the_expected_models() -> None:
-    assert set(model_names()) == set(PARAMS_100)
+    assert set(model_names()) == set(PARAMS_100) | IMAGENET
     assert model_names() == sorted(model_names())
-    assert set(MODELS.names()) == set(PARAMS_100)
+    assert set(MODELS.names()) == set(PARAMS_100) | IMAGENET
 
 
 @pytest.mark.parametrize("name", _params(list(PARAMS_100)))

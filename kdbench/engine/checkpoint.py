@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import torch
 
+from kdbench.filehash import file_sha256 as file_sha256  # re-exported: run.py and tests import it from here
 from kdbench.tracking.atomic import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -66,12 +66,3 @@ def remove_checkpoints(run_dir: Path) -> None:
     """Delete every checkpoint of a finished run (its weights are in model.pt)."""
     for name in CHECKPOINT_NAMES:
         (run_dir / name).unlink(missing_ok=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,4 +1,7 @@
-"""ResNet18/ResNet50 with the CIFAR stem (3×3 conv, no max-pool), as in RepDistiller's ``resnetv2``."""
+"""ResNet18/ResNet50 with the CIFAR stem (3×3 conv, no max-pool), as in RepDistiller's ``resnetv2``.
+
+The ImageNet ResNets (torchvision's 7×7 stem + max-pool) are ``resnet18``/``resnet50`` in ``kdbench.models.imagenet``.
+"""
 
 from __future__ import annotations
 
@@ -99,13 +102,23 @@ class ImageNetStyleResNet(nn.Module):
         return self.linear(self.pool(out))
 
 
-@register_model("ResNet18", family="resnet", description="ResNet-18 (BasicBlock 2/2/2/2) with a CIFAR 3x3 stem")
+@register_model(
+    "ResNet18",
+    family="resnet",
+    description="ResNet-18 (BasicBlock 2/2/2/2) with a CIFAR 3x3 stem, no max-pool, 32 px "
+    "(torchvision's ImageNet one is resnet18)",
+)
 def resnet18(num_classes: int) -> nn.Module:
     """ResNet-18, CIFAR variant."""
     return ImageNetStyleResNet(BasicBlock, [2, 2, 2, 2], num_classes)
 
 
-@register_model("ResNet50", family="resnet", description="ResNet-50 (Bottleneck 3/4/6/3) with a CIFAR 3x3 stem")
+@register_model(
+    "ResNet50",
+    family="resnet",
+    description="ResNet-50 (Bottleneck 3/4/6/3) with a CIFAR 3x3 stem, no max-pool, 32 px "
+    "(torchvision's ImageNet one is resnet50)",
+)
 def resnet50(num_classes: int) -> nn.Module:
     """ResNet-50, CIFAR variant."""
     return ImageNetStyleResNet(Bottleneck, [3, 4, 6, 3], num_classes)
