@@ -327,3 +327,47 @@ def test_srun_tasks_join_one_gloo_group():
     assert {t["addr"] for t in tasks} == {first_host(tasks[0]["step_nodes"])}
     assert [t["total"] for t in tasks] == [3.0, 3.0]  # 1 + 2
     assert [t["rows"] for t in tasks] == [[0.0, 1.0, 1.0]] * 2  # 1 row from rank 0, 2 from rank 1, in rank order
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stream_an_image_folder_like_one(tmp_path):
+    """ImageNet-LT files through DataLoader workers on 2 ranks: each rank decodes its shard, evaluation is summed
+    over ranks; loss terms, train top-1 and test metrics are those of one process."""
+    from imagefolder import write_image_folder, write_lt_splits
+
+    root = write_image_folder(tmp_path / "root")
+    splits = write_lt_splits(root, tmp_path / "splits")
+    grid = {**GRID, "datasets": [{"name": "imagenet_lt", "root": str(root), "split_dir": str(splits),
+                                  "image_size": 16}],
+            "pairs": [{"teacher": {"arch": "cnn_small", "kwargs": {"in_channels": 3, "input_size": 16}},
+                       "student": {"arch": "mlp_800x2", "kwargs": {"in_channels": 3, "input_size": 16}}}],
+            "methods": [{"name": "kd", "params": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5}}],
+            "recipe": {**GRID["recipe"], "batch_size": 9, "eval_batch_size": 5}}
+    specs = expand_grid(parse_grid(grid))
+    teacher = next(s for s in specs if s.stage == "teacher")
+    student = next(s for s in specs if s.stage == "student")
+    single_root, multi_root, out = tmp_path / "single", tmp_path / "multi", tmp_path / "out"
+    out.mkdir()
+    job = dict(grid="ddp", device="cpu", loader_workers=1)
+    assert train_run(RunJob(spec=teacher, runs_root=single_root, **job)).status == "done"
+    shutil.copytree(single_root / teacher.run_id, multi_root / teacher.run_id)
+    one = train_run(RunJob(spec=student, runs_root=single_root, **job))
+    assert one.status == "done", one.traceback
+    (tmp_path / "jobs.pkl").write_bytes(pickle.dumps([RunJob(spec=student, runs_root=multi_root, **job)]))
+    job_id = _free_slurm_port()
+    tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
+                              env=_slurm_task_env(rank, job_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in range(2)]
+    outputs = [task.communicate(timeout=240)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], "\n".join(outputs)
+    two = read_record(multi_root / student.run_id)
+    assert two is not None and two.status == "done" and two.provenance["world_size"] == 2
+    # no BatchNorm in the student: the shards' scaled losses average to the global batch's gradient exactly, up
+    # to float summation order (see _assert_trains_like); 26 training images, 12 test images
+    for a, b in zip(one.history, two.history, strict=True):
+        for name in a.train:
+            tolerance = 100 / 26 + 1e-9 if name == "top1" else 1e-4
+            assert b.train[name] == pytest.approx(a.train[name], rel=1e-3, abs=tolerance), name
+    assert abs(two.final.top1 - one.final.top1) <= 100 / 12 + 1e-9
+    assert two.final.per_class_total == one.final.per_class_total and two.final.num_images == 12
+    assert two.final.loss == pytest.approx(one.final.loss, rel=1e-3)

@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from imagefolder import CLASSES, LT_TRAIN_COUNTS, TEST_PER_CLASS, TRAIN_PER_CLASS, VAL_PER_CLASS, write_image_folder, \
-    write_lt_splits
+from imagefolder import (
+    CLASSES,
+    LT_TRAIN_COUNTS,
+    TEST_PER_CLASS,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    write_image_folder,
+    write_lt_splits,
+)
 
 from kdbench.config import ConfigError, parse_grid
 from kdbench.data import DatasetSpec, FileImageSet, build_data, eval_batches, train_batches
@@ -57,8 +64,8 @@ def test_image_folder_long_tail_follows_the_cifar_construction(tiny):
     root, _ = tiny
     spec = DatasetSpec(name="image_folder", root=str(root), long_tail={"imbalance_ratio": 4}, val_per_class=1)
     data = build_data(spec, 16, 3)
-    assert data.class_counts == [14, 9, 5, 3]  # floor(14 * 4 ** (-c / 3))
-    assert len(data.val) == len(CLASSES)
+    assert data.class_counts == [14, 8, 5, 3]  # floor(14 · 4^(−c/3))
+    assert data.val.targets.tolist() == [1, 2, 3]  # from the discarded pool; class 0 keeps all its images
 
 
 def test_split_file_errors_name_the_file_and_line(tiny, tmp_path):
@@ -87,7 +94,7 @@ def test_grids_plan_without_data_and_a_run_is_stopped_before_submission(tmp_path
 
 def test_a_pretrained_teacher_on_imagenet_lt_is_refused_unless_allowed(tmp_path):
     raw = {"name": "lt", "datasets": [{"name": "imagenet_lt", "root": str(tmp_path)}],
-           "pairs": [{"teacher": {"arch": "resnet8", "weights": "pretrained"}, "student": "resnet8"}],
+           "pairs": [{"teacher": {"arch": "resnet18", "weights": "pretrained"}, "student": "resnet18"}],
            "methods": ["kd"], "seeds": [0]}
     with pytest.raises(ConfigError, match=r"pairs\[0\].teacher.weights = 'pretrained' on imagenet_lt: .* held-out "
                                           r"tail .* allow_leaky_teacher: true"):
@@ -143,7 +150,7 @@ def test_crop_boxes_stay_inside_the_image_and_eval_crops_the_centre(tiny):
     for width, height in [(40, 30), (30, 40), (500, 375), (8, 200)]:
         for _ in range(50):
             left, top, w, h = random_resized_box(width, height, rng)
-            assert 0 <= left and 0 <= top and 0 < w and 0 < h and left + w <= width and top + h <= height
+            assert left >= 0 and top >= 0 and w > 0 and h > 0 and left + w <= width and top + h <= height
     root, _ = tiny
     image = load_rgb(next((root / "val" / CLASSES[0]).iterdir()))
     pixels = eval_transform(image, 16)

@@ -8,17 +8,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdbench.filehash import file_sha256
 from kdbench.models.pretrained import pretrained_state_dict
-from kdbench.models.weights import state_dict_from_file
+from kdbench.models.weights import fit_state_dict, state_dict_from_file
 from kdbench.runspec import WeightsRef
-from kdbench.tracking.atomic import file_sha256
 
 
-def load_given_weights(weights: WeightsRef, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_given_weights(weights: WeightsRef, arch: str,
+                       model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict fitting ``model``, provenance) for ``weights``; WeightsError names the file and the problem."""
     if weights.pretrained:
-        state, origin = pretrained_state_dict(model)
-        return state, {"source": "pretrained", "origin": origin}
+        state, origin = pretrained_state_dict(arch)
+        return fit_state_dict(origin, state, model), {"source": "pretrained", "origin": origin}
     path = Path(weights.source)
     state = state_dict_from_file(path, model, sha256=weights.sha256)
     return state, {"source": str(path), "sha256": weights.sha256 or file_sha256(path)}

@@ -452,7 +452,7 @@ def _evaluate_given_teacher(job: RunJob, observers: list[RunObserver], device: t
     workers = job.loader_workers if job.loader_workers is not None else default_workers()
     test_batches, val_batches = _eval_batches(data, recipe, device, ranks, workers)
     model = build_model(spec.arch, data.num_classes, **spec.arch_kwargs)
-    state, weights_info = load_given_weights(spec.weights, model)
+    state, weights_info = load_given_weights(spec.weights, spec.arch, model)
     model.load_state_dict(state)
     model = prepare_model(model, device, recipe)
     for observer in observers:

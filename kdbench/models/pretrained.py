@@ -37,7 +37,7 @@ def pretrained_source(arch: str) -> tuple[str, str]:
 
 
 def pretrained_state_dict(arch: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(the library's state dict for ``arch``, where it came from, e.g. 'torchvision ResNet18_Weights.IMAGENET1K_V1')."""
+    """(the library's state dict for ``arch``, its origin, e.g. 'torchvision ResNet18_Weights.IMAGENET1K_V1')."""
     library, name = pretrained_source(arch)
     try:
         if library == "torchvision":

@@ -58,7 +58,7 @@ def state_dict_from_file(path: str | Path, model: nn.Module, *, sha256: str | No
     if sha256 is not None:
         _check_sha256(path, sha256)
     state = _unwrap(path, _load(path))
-    return _fit(path, state, model)
+    return fit_state_dict(path, state, model)
 
 
 def _check_sha256(path: Path, expected: str) -> None:
@@ -174,8 +174,9 @@ def _align_keys(file_keys: list[str], model_keys: list[str]) -> dict[str, str]:
     return {original: model_wrap + bare for original, bare in zip(file_keys, bare_file, strict=True)}
 
 
-def _fit(path: Path, state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` under ``model``'s keys, in its order; WeightsError if keys or shapes do not fit."""
+def fit_state_dict(path: Path | str, state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` under ``model``'s keys, in its order; WeightsError (naming ``path``, the state's origin) if keys or
+    shapes do not fit."""
     expected = model.state_dict()
     names = _align_keys(list(state), list(expected))  # file key → model key
     renamed = {names[key]: value for key, value in state.items()}
