@@ -78,3 +78,29 @@ def test_smoke_grid_runs_every_method(tmp_path):
         assert extra[with_heads] > 0
     for without in ("vanilla", "kd", "dkd", "at", "rkd", "mlld"):
         assert extra[without] == 0
+
+
+def test_imagenet_grids_plan_without_any_data_and_carry_their_published_settings(tmp_path):
+    from kdbench.grid.preflight import preflight_problems
+
+    imagenet = load_grid(REPO / "experiments" / "imagenet.yaml", data_root=str(tmp_path / "no-imagenet"))
+    _, planned = plan_grid(imagenet, tmp_path / "results")
+    students = [run.spec for run in planned if run.spec.stage == "student"]
+    assert {(p.teacher.arch, p.student.arch) for p in imagenet.pairs} == {("resnet34", "resnet18"),
+                                                                          ("resnet50", "mobilenet_v1")}
+    assert len(students) == 2 * 3 * 7 and {run.status for run in planned} == {"new"}
+    for spec in students:
+        assert spec.recipe.effective_lr == pytest.approx(0.2) and spec.recipe.milestones == (30, 60, 90)
+        if spec.method == "kd":
+            assert (spec.params["temperature"], spec.params["ce_weight"], spec.params["kd_weight"]) == (1, .5, .5)
+        if spec.method == "dkd":
+            assert spec.params["beta"] == (0.5 if spec.arch == "resnet18" else 2.0)
+            assert (spec.params["alpha"], spec.params["temperature"], spec.params["warmup"]) == (0.5, 1.0, 1.0)
+    [missing] = preflight_problems(imagenet)
+    assert missing.startswith("datasets[0].root: ") and "does not exist" in missing
+
+    lt = load_grid(REPO / "experiments" / "imagenet_lt.yaml")
+    _, planned = plan_grid(lt, tmp_path / "results")
+    teachers = [run.spec for run in planned if run.spec.stage == "teacher"]
+    assert [(t.arch, t.weights, t.dataset.name) for t in teachers] == [("resnet50", None, "imagenet_lt")]
+    assert len(planned) == 1 + 3 * 7 and not lt.allow_leaky_teacher

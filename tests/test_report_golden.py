@@ -189,3 +189,15 @@ def test_paired_t_degenerate_cases():
     assert p[3] == pytest.approx(p_df2(math.sqrt(3)))
     low, high = t_interval([5.0], [2.0], [3])
     assert (low[0], high[0]) == (pytest.approx(5.0 - T2 * 2 / math.sqrt(3)), pytest.approx(5.0 + T2 * 2 / math.sqrt(3)))
+
+
+def test_published_imagenet_numbers_stand_beside_ours():
+    records = []
+    for method, values in (("kd", [70.0, 71.0, 72.0]), ("dkd", [71.0, 72.0, 73.0])):
+        for seed, top1 in enumerate(values):
+            record = make_record(method, seed, top1, data=dataset(name="imagenet"))
+            records.append(record.model_copy(update={"pair": "resnet34->resnet18", "arch": "resnet18"}))
+    data = main_table(frames_from_records(records)).data.set_index("method")
+    assert data.loc["kd", "published_top1"] == pytest.approx(71.03)  # DKD paper, via mdistiller's README
+    assert data.loc["dkd", "published_top1"] == pytest.approx(71.70)
+    assert set(data["published_protocol"]) == {"not stated"}

@@ -1,4 +1,8 @@
-"""The published reference numbers shipped with kdbench (copies of ../shared/reference/*.csv, with sources)."""
+"""The published reference numbers shipped with kdbench, with their sources.
+
+The architectures are named as kdbench names them: the ImageNet rows' ResNet-18/34/50 and MobileNet-V1 are
+``resnet18``/``resnet34``/``resnet50`` and ``mobilenet_v1`` (the CIFAR zoo's ``ResNet50`` is another network).
+"""
 
 from __future__ import annotations
 
