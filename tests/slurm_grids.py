@@ -40,6 +40,27 @@ def grid_for(tmp: Path, name: str, **changes):
     return load_grid(path)
 
 
+def _imagenet_lt_grid(tmp: Path):
+    """`experiments/imagenet_lt.yaml`'s code path at toy size: image files through DataLoader workers in Slurm
+    tasks, a teacher given by a RepDistiller-format weight file, a KD student."""
+    import torch
+    from imagefolder import write_image_folder, write_lt_splits
+
+    from kdbench.models import build_model
+
+    root = write_image_folder(tmp / "imagenet")
+    splits = write_lt_splits(root, tmp / "imagenet_lt_splits")
+    weights = tmp / "resnet8_teacher.pth"
+    torch.manual_seed(0)
+    torch.save({"model": build_model("resnet8", 4).state_dict(), "epoch": 240}, weights)
+    return grid_for(tmp, "slurm_imagenet_lt", seeds=[0],
+                    datasets=[{"name": "imagenet_lt", "root": str(root), "split_dir": str(splits), "image_size": 16}],
+                    pairs=[{"teacher": {"arch": "resnet8", "weights": str(weights)}, "student": "resnet8"}],
+                    methods=[{"name": "kd", "params": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5}}],
+                    recipe={**BASE["recipe"], "epochs": 1, "batch_size": 8},
+                    executor={**BASE["executor"], "loader_workers": 1})
+
+
 def submit_all(tmp: Path) -> tuple[dict, dict]:
     """Submit the main grid, a grid with a failing run, one that must be requeued, one to kill and a 2-task run."""
     grids = {
@@ -63,6 +84,7 @@ def submit_all(tmp: Path) -> tuple[dict, dict]:
                         pairs=[{"teacher": "cnn_small", "student": "mlp_800x2"}],
                         recipe={**BASE["recipe"], "batch_size": 15}, cluster={**CLUSTER, "tasks_per_node": 2}),
     }
+    grids["imagenet_lt"] = _imagenet_lt_grid(tmp)
     os.environ[SLEEP_ENV] = "1"  # captured by sbatch with the submitting environment
     try:
         outcomes = {key: submit_grid(grid, f"# {key}") for key, grid in grids.items()}

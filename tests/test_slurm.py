@@ -199,3 +199,15 @@ def test_two_task_gloo_run_matches_one_process(submitted, tmp_path):
         assert ours.train == pytest.approx(theirs.train, rel=1e-3)
     assert abs(record.final.top1 - single.final.top1) <= 100 / 32 + 1e-9
     assert record.final.loss == pytest.approx(single.final.loss, rel=1e-3)
+
+
+def test_imagenet_lt_grid_streams_files_in_slurm_tasks(submitted):
+    grids, outcomes = submitted
+    grid = grids["imagenet_lt"]
+    assert len(outcomes["imagenet_lt"].submitted["teacher"]) == 1
+    states = _wait(grid)
+    assert [s.state for s in states] == ["done", "done"], [(s.run.spec.describe(), s.error_tail) for s in states]
+    teacher, student = (s.run.record for s in states)
+    assert teacher.history == [] and teacher.provenance["weights"]["source"].endswith("resnet8_teacher.pth")
+    assert student.teacher.sha256 == teacher.model_sha256 and len(student.history) == 1
+    assert student.final.num_images == 12 and student.class_counts == [12, 7, 4, 3]
