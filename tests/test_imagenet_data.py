@@ -159,3 +159,16 @@ def test_crop_boxes_stay_inside_the_image_and_eval_crops_the_centre(tiny):
         bad = root.parent / "not-an-image.JPEG"
         bad.write_bytes(b"nope")
         load_rgb(bad)
+
+
+def test_default_loader_workers_follow_the_cpus_given(monkeypatch):
+    from kdbench.data.streaming import default_workers
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
+    assert (default_workers(), default_workers(2), default_workers(32)) == (15, 7, 0)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
+    assert default_workers() == 16
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    import os
+
+    assert default_workers() == max(0, min(len(os.sched_getaffinity(0)) - 1, 16))

@@ -26,13 +26,18 @@ from kdbench.data.views import make_views
 FILE_AUGMENTATION = "random_resized_crop_flip"
 
 
-def default_workers() -> int:
-    """DataLoader workers when none are set: the CPUs this process may use (Slurm's share) minus one, at most 16."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(cpus - 1, 16))
+def default_workers(processes: int = 1) -> int:
+    """DataLoader workers when none are set: this process's share of the CPUs it may use (Slurm's allocation,
+    split among ``processes`` runs training side by side) minus one for the training loop, at most 16."""
+    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if given.isdigit() and int(given) > 0:  # a task that Slurm does not bind still sees every CPU of the node
+        cpus = int(given)
+    else:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+    return max(0, min(cpus // max(1, processes) - 1, 16))
 
 
 class _DecodedImages(Dataset):

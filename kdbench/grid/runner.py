@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kdbench.codeid import stale_reasons
 from kdbench.config import ConfigError, GridConfig
+from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
@@ -165,7 +166,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
         return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
                       tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
                       label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun,
-                      loader_workers=grid.executor.loader_workers)
+                      loader_workers=(grid.executor.loader_workers if grid.executor.loader_workers is not None
+                                      else default_workers(grid.executor.workers)))
 
     retrained: set[str] = set()
     for stage in ("teacher", "student"):
