@@ -197,6 +197,18 @@ def _slurm_task_env(rank: int, job_id: int) -> dict[str, str]:
                   "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])}
 
 
+def _run_two_tasks(jobs: list[RunJob], tmp_path: Path, out: Path) -> int:
+    """Train ``jobs`` in 2 Slurm-style tasks of one gloo group (distributed_worker.py); returns the job id used."""
+    (tmp_path / "jobs.pkl").write_bytes(pickle.dumps(jobs))
+    job_id = _free_slurm_port()
+    tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
+                              env=_slurm_task_env(rank, job_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in range(2)]
+    outputs = [task.communicate(timeout=240)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], "\n".join(outputs)
+    return job_id
+
+
 class StopAfterFirstEpoch:
     """A run observer that interrupts the run once its first epoch is checkpointed (as a kill would)."""
 
@@ -248,13 +260,7 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
     jobs = [RunJob(spec=student, runs_root=multi_root, grid="ddp", device="cpu", observers=[RankMarker(str(out))]),
             RunJob(spec=student, runs_root=resume_root, grid="ddp", device="cpu")]
-    (tmp_path / "jobs.pkl").write_bytes(pickle.dumps(jobs))
-    job_id = _free_slurm_port()
-    tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
-                              env=_slurm_task_env(rank, job_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for rank in range(2)]
-    outputs = [task.communicate(timeout=240)[0] for task in tasks]
-    assert [task.returncode for task in tasks] == [0, 0], "\n".join(outputs)
+    job_id = _run_two_tasks(jobs, tmp_path, out)
 
     views = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [(v["info"]["rank"], v["info"]["local_rank"], v["info"]["source"]) for v in views] == [
@@ -353,13 +359,7 @@ def test_two_gloo_processes_stream_an_image_folder_like_one(tmp_path):
     shutil.copytree(single_root / teacher.run_id, multi_root / teacher.run_id)
     one = train_run(RunJob(spec=student, runs_root=single_root, **job))
     assert one.status == "done", one.traceback
-    (tmp_path / "jobs.pkl").write_bytes(pickle.dumps([RunJob(spec=student, runs_root=multi_root, **job)]))
-    job_id = _free_slurm_port()
-    tasks = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "jobs.pkl"), str(out)],
-                              env=_slurm_task_env(rank, job_id), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for rank in range(2)]
-    outputs = [task.communicate(timeout=240)[0] for task in tasks]
-    assert [task.returncode for task in tasks] == [0, 0], "\n".join(outputs)
+    _run_two_tasks([RunJob(spec=student, runs_root=multi_root, **job)], tmp_path, out)
     two = read_record(multi_root / student.run_id)
     assert two is not None and two.status == "done" and two.provenance["world_size"] == 2
     # no BatchNorm in the student: the shards' scaled losses average to the global batch's gradient exactly, up
