@@ -201,3 +201,21 @@ def test_published_imagenet_numbers_stand_beside_ours():
     assert data.loc["kd", "published_top1"] == pytest.approx(71.03)  # DKD paper, via mdistiller's README
     assert data.loc["dkd", "published_top1"] == pytest.approx(71.70)
     assert set(data["published_protocol"]) == {"not stated"}
+
+
+def test_best_test_epoch_stands_only_beside_published_numbers():
+    records = []
+    for method in ("kd", "kd(T=2)"):
+        for seed, top1 in enumerate([73.0, 74.0, 75.0]):
+            record = make_record(method, seed, top1, seconds=(2.0, 2.0, 2.0))
+            peaked = [entry.model_copy(update={"test_top1": top1 + 2.0 + seed}) if entry.epoch == 2 else entry
+                      for entry in record.history]  # epoch 2 beats the final epoch by 2, 3, 4 points
+            records.append(record.model_copy(update={"history": peaked}))
+    table = main_table(frames_from_records(records))
+    data, shown = table.data.set_index("method"), table.display.set_index("method")
+    assert data.loc["kd", "best_test_mean"] == pytest.approx(74.0 + 3.0)  # mean of 75, 77, 79
+    assert data.loc["kd", "mean"] == pytest.approx(74.0)  # the result stays the final epoch
+    column = "best test epoch (as published; selected on test)"
+    assert shown.loc["kd", column] == "77.00" and shown.loc["kd", "published"] == "70.66 (last-epoch)"
+    assert shown.loc["kd(T=2)", column] == "" and shown.loc["kd(T=2)", "published"] == ""  # no published number
+    assert any("never a result" in note for note in table.notes)

@@ -13,7 +13,9 @@ Frames (all built by :func:`frames_from_records`; :func:`load_frames` reads a gr
     epochs (epochs logged), top1 / top5 / balanced_acc (final epoch on the test set, %; NaN if failed),
     has_val (a validation set existed, i.e. best_val is known), best_val_epoch, best_val_top1 (validation top-1
     at that epoch), best_val_test_top1 (test top-1 at the best-validation epoch; NaN without validation),
-    seconds_per_epoch (mean wall time of a training epoch), images_per_s (training throughput: images / seconds
+    best_test_top1 (the highest test top-1 over the run's epochs: "best epoch selected on test", the protocol of
+    published CIFAR tables; shown only beside published numbers, never as a result), seconds_per_epoch (mean
+    wall time of a training epoch), images_per_s (training throughput: images / seconds
     over all epochs), student_params, extra_params (trainable parameters the method adds), peak_memory_bytes,
     teacher_run_id, teacher_top1, method_params (the method's hyper-parameters as sorted JSON).
     Integer columns that can be missing use pandas' nullable ``Int64``.
@@ -48,7 +50,7 @@ RUN_COLUMNS = [
     "run_id", "grid", "stage", "status", "reason", "method", "method_name", "pair", "arch", "teacher_arch",
     "dataset", "dataset_name", "lt_profile", "imbalance_ratio", "subset_seed", "seed", "num_classes", "epochs",
     "top1", "top5", "balanced_acc", "has_val", "best_val_epoch", "best_val_top1", "best_val_test_top1",
-    "seconds_per_epoch", "images_per_s", "student_params", "extra_params", "peak_memory_bytes",
+    "best_test_top1", "seconds_per_epoch", "images_per_s", "student_params", "extra_params", "peak_memory_bytes",
     "teacher_run_id", "teacher_top1", "method_params",
 ]
 PER_CLASS_COLUMNS = [*KEY_COLUMNS, "class", "train_count", "test_correct", "test_total", "accuracy"]
@@ -57,7 +59,7 @@ CURVE_BASE_COLUMNS = [*KEY_COLUMNS, "epoch", "lr", "test_top1", "test_top5", "va
 _INT_COLUMNS = ["subset_seed", "seed", "num_classes", "epochs", "best_val_epoch", "student_params", "extra_params",
                 "peak_memory_bytes"]
 _FLOAT_COLUMNS = ["imbalance_ratio", "top1", "top5", "balanced_acc", "best_val_top1", "best_val_test_top1",
-                  "seconds_per_epoch", "images_per_s", "teacher_top1"]
+                  "best_test_top1", "seconds_per_epoch", "images_per_s", "teacher_top1"]
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,19 @@ def run_row(record: RunRecord) -> dict[str, Any]:
 
 
 def with_epoch_totals(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with epochs, seconds_per_epoch and images_per_s (images / seconds over all epochs) from ``curves``."""
+    """``runs`` with epochs, seconds_per_epoch, images_per_s (images / seconds over all epochs) and best_test_top1
+    from ``curves``."""
     seconds = curves["seconds"].to_numpy(float)
     per_run = pd.DataFrame({"run_id": curves["run_id"], "seconds": seconds,
-                            "images": curves["images_per_s"].to_numpy(float) * seconds})
+                            "images": curves["images_per_s"].to_numpy(float) * seconds,
+                            "test_top1": curves["test_top1"].to_numpy(float)})
     totals = per_run.groupby("run_id").agg(epochs=("seconds", "size"), seconds_per_epoch=("seconds", "mean"),
-                                           _seconds=("seconds", "sum"), _images=("images", "sum"))
+                                           _seconds=("seconds", "sum"), _images=("images", "sum"),
+                                           best_test_top1=("test_top1", "max"))
     totals["images_per_s"] = (totals["_images"] / totals["_seconds"]).where(totals["_seconds"] > 0)
-    runs = runs.drop(columns=["epochs", "seconds_per_epoch", "images_per_s"], errors="ignore")
-    runs = runs.merge(totals[["epochs", "seconds_per_epoch", "images_per_s"]], left_on="run_id", right_index=True,
-                      how="left")
+    added = ["epochs", "seconds_per_epoch", "images_per_s", "best_test_top1"]
+    runs = runs.drop(columns=added, errors="ignore")
+    runs = runs.merge(totals[added], left_on="run_id", right_index=True, how="left")
     runs["epochs"] = runs["epochs"].fillna(0)
     return runs_frame(runs)
 
