@@ -110,8 +110,34 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
     retraining = "stale" in (rerun or [])
     for line in stale_summary(planned, retraining):
         print(f"{'stale' if retraining else 'warning'}: {line}")
+    for line in tuning_lines(grid, paths):
+        print(line)
     print(f"results: {paths.grid_dir}")
     return planned
+
+
+def tuning_lines(grid: GridConfig, paths) -> list[str]:
+    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait."""
+    from kdbench.grid.runner import tuning_selections
+
+    cells = tuning_selections(grid, paths)
+    if not cells or grid.tuning is None:
+        return []
+    largest = max(len(cell.configs) for cell in cells)
+    lines = [f"tuning (stage 1): up to {grid.tuning.budget} configurations per method × seeds "
+             f"{grid.tuning.seeds} on the validation split, selected on {grid.tuning.select_on}; the selected "
+             f"configuration then trains on seeds {grid.seeds} (stage 2)"]
+    for cell in cells:
+        done = sum(score is not None for score in cell.scores)
+        fewer = f" [flagged: fewer than the {largest} of other methods]" if len(cell.configs) < largest else ""
+        if cell.selected is not None:
+            values = ", ".join(f"{k}={v}" for k, v in cell.configs[cell.selected].items())
+            outcome = f"selected {values} ({cell.select_on} {cell.scores[cell.selected]:.2f})"
+        else:
+            outcome = f"{done}/{len(cell.configs)} configurations done; final runs wait for the selection"
+        lines.append(f"  {cell.method} {cell.pair} {cell.dataset}: {len(cell.configs)} configurations{fewer}; "
+                     f"{outcome}")
+    return lines
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "Recipe",
     "RecipeOverride",
     "TrackingConfig",
+    "TuningConfig",
     "import_plugins",
     "load_grid",
     "parse_grid",
@@ -112,6 +113,7 @@ class MethodEntry(BaseModel):
     name: str
     label: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    sweep: dict[str, list[Any]] | None = Field(default=None, description="values to tune on validation (tuning:)")
 
     @model_validator(mode="before")
     @classmethod
@@ -131,12 +133,36 @@ class MethodEntry(BaseModel):
         from kdbench.loss import METHODS
 
         METHODS.get(self.name).check_hparams(self.params)
+        for key, values in (self.sweep or {}).items():
+            if not values:
+                raise ValueError(f"sweep.{key} = []: a sweep needs at least one value")
+            try:
+                METHODS.get(self.name).check_hparams({key: values[0]})
+            except ValueError as error:
+                raise ValueError(f"sweep.{key}: {error}") from None
+            if key in self.params:
+                raise ValueError(f"sweep.{key}: also fixed in params ({self.params[key]!r}); give it in one place")
         return self
 
     @property
     def display(self) -> str:
         """The label, or the method name."""
         return self.label or self.name
+
+
+class TuningConfig(BaseModel):
+    """Equal tuning: each method's sweep, trained on the validation split, up to ``budget`` configurations."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    budget: int = Field(ge=1, description="configurations per method (all of a smaller sweep)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="training seeds per config")
+    select_on: Literal["val_top1", "val_balanced_acc", "best_val_top1"] = Field(
+        default="val_top1", description="final-epoch validation top-1 / balanced accuracy, or the best epoch's")
+    epochs: int | None = Field(default=None, gt=0, description="default: the recipe's; milestones scale with it")
+    sampling: Literal["random", "grid"] = Field(default="random", description="which configs when the sweep is "
+                                                "larger than the budget: a seeded random sample, or the first")
+    seed: int = Field(default=0, description="seed of the random sample of configurations")
 
 
 class OverrideWhen(BaseModel):
@@ -216,6 +242,7 @@ class GridConfig(BaseModel):
     recipe: Recipe = Field(default_factory=Recipe)
     teacher_recipe: RecipeOverride = Field(default_factory=RecipeOverride)
     overrides: list[Override] = Field(default_factory=list)
+    tuning: TuningConfig | None = Field(default=None, description="train methods' sweeps on validation first")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     cluster: ClusterConfig | None = Field(default=None, description="Slurm resources (executor kind slurm)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -285,6 +312,23 @@ class GridConfig(BaseModel):
             if label in labels[:index]:
                 raise ValueError(f"methods[{index}]: '{label}' appears twice; give one a distinct `label`")
         return value
+
+    @model_validator(mode="after")
+    def _tuning_has_what_it_needs(self) -> GridConfig:
+        swept = [i for i, m in enumerate(self.methods) if m.sweep]
+        if swept and self.tuning is None:
+            raise ValueError(f"methods[{swept[0]}].sweep needs a `tuning:` section (budget, seeds, select_on)")
+        if self.tuning is None or not swept:
+            return self
+        for index, dataset in enumerate(self.datasets):
+            if dataset.name == "imagenet_lt":
+                continue  # its split files give the validation set
+            has_val = dataset.val_per_class > 0 if dataset.long_tail is not None else dataset.val_fraction > 0
+            if not has_val:
+                raise ValueError(
+                    f"datasets[{index}] ({dataset.variant}) has no validation split to tune on (never the test "
+                    "set); set val_fraction (balanced: a stratified slice of train) or val_per_class (long-tailed)")
+        return self
 
     @model_validator(mode="after")
     def _no_leaky_teacher(self) -> GridConfig:

@@ -20,7 +20,7 @@ _LOCATION_FIELDS = {"dataset": {"root", "download", "split_dir"}, "recipe": {"ch
 # Fields added after run ids were first issued: left out of the id while they hold these values, so that
 # every run planned before them keeps its id (and its results).
 _ADDED_DEFAULTS = {"dataset": {"image_size": None}, "recipe": {"lr_scaling": "none", "lr_reference_batch": 256}}
-_ADDED_TOP_DEFAULTS = {"weights": None}
+_ADDED_TOP_DEFAULTS = {"weights": None, "tuning": False}
 
 
 class TeacherRef(BaseModel):
@@ -71,6 +71,7 @@ class RunSpec(BaseModel):
     recipe: Recipe
     seed: int
     weights: WeightsRef | None = Field(default=None, description="teacher stage: evaluate these weights, no training")
+    tuning: bool = Field(default=False, description="a run of a method's sweep, selected on validation only")
     label: str = Field(default="", description="display name of the method setting; not part of the run id")
 
     def canonical_json(self) -> str:
@@ -111,4 +112,5 @@ class RunSpec(BaseModel):
             return f"teacher {self.arch} {self.dataset.variant} from weights ({given})"
         if self.stage == "teacher":
             return f"teacher {self.arch} {self.dataset.variant} seed {self.seed}"
-        return f"student {self.display_method} {self.pair} {self.dataset.variant} seed {self.seed}"
+        stage = "tuning" if self.tuning else "student"
+        return f"{stage} {self.display_method} {self.pair} {self.dataset.variant} seed {self.seed}"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from kdbench.config import ConfigError, GridConfig, MethodEntry, Override, PairConfig, Recipe
 from kdbench.data.spec import DatasetSpec
+from kdbench.grid.tuning import Selection, sweep_configs, tuning_recipe
 from kdbench.loss import METHODS
 from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
@@ -59,28 +62,91 @@ def teacher_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, seed:
                    recipe=recipe, seed=0 if weights is not None else seed, label="teacher", weights=weights)
 
 
-def expand_grid(grid: GridConfig) -> list[RunSpec]:
-    """All runs of the grid, teachers first; runs shared by several pairs (vanilla students) appear once."""
+def expand_grid(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict[str, Any]] | None = None
+                ) -> list[RunSpec]:
+    """All runs of the grid: teachers, tuning runs, then every student run; shared runs appear once.
+
+    A method with a sweep contributes its tuning runs (``tuning_cells``) and, once ``selected`` holds the chosen
+    configuration of its (dataset variant, pair label, method label) cell, its final runs with those values;
+    without a selection its final runs are not planned yet.
+    """
     teachers: dict[str, RunSpec] = {}
     students: dict[str, RunSpec] = {}
+    for selection in tuning_cells(grid):
+        for specs in selection.specs:
+            for spec in specs:
+                teacher = selection.teachers[spec.run_id]
+                if teacher is not None:
+                    teachers.setdefault(teacher.run_id, teacher)
+                students.setdefault(spec.run_id, spec)
     for dataset in grid.datasets:
         for pair in grid.pairs:
             for seed in grid.seeds:
-                t_seed = seed if grid.teacher_seed == "same" else grid.teacher_seed
-                teacher = teacher_spec(grid, dataset, pair, t_seed)
                 for method in grid.methods:
-                    method_cls = METHODS.get(method.name)
-                    uses_teacher = method_cls.needs.teacher
-                    if uses_teacher:
+                    values: dict[str, Any] = {}
+                    if method.sweep:
+                        chosen = (selected or {}).get((dataset.variant, pair.label, method.display))
+                        if chosen is None:
+                            continue  # its final runs wait for the selection
+                        values = chosen
+                    spec, teacher = _student_spec(grid, dataset, pair, method, seed, values, grid.recipe, False)
+                    if teacher is not None:
                         teachers.setdefault(teacher.run_id, teacher)
-                    recipe, override_params = _resolve(grid, grid.recipe, method, stage="student", dataset=dataset,
-                                                       teacher=pair.teacher.arch if uses_teacher else None,
-                                                       student=pair.student.arch)
-                    params = method_cls.resolve_hparams({**method.params, **override_params})
-                    ref = TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
-                                     run_id=teacher.run_id) if uses_teacher else None
-                    spec = RunSpec(stage="student", dataset=dataset, arch=pair.student.arch,
-                                   arch_kwargs=pair.student.kwargs, teacher=ref, method=method.name,
-                                   params=params, recipe=recipe, seed=seed, label=method.display)
                     students.setdefault(spec.run_id, spec)
     return [*teachers.values(), *students.values()]
+
+
+def _student_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, method: MethodEntry, seed: int,
+                  values: dict[str, Any], base: Recipe, tuning: bool) -> tuple[RunSpec, RunSpec | None]:
+    """A student run of ``method`` (with ``values`` over its params) and, when it distils, its teacher run."""
+    t_seed = seed if grid.teacher_seed == "same" else grid.teacher_seed
+    method_cls = METHODS.get(method.name)
+    uses_teacher = method_cls.needs.teacher
+    teacher = teacher_spec(grid, dataset, pair, t_seed) if uses_teacher else None
+    recipe, override_params = _resolve(grid, base, method, stage="student", dataset=dataset,
+                                       teacher=pair.teacher.arch if uses_teacher else None, student=pair.student.arch)
+    if tuning and grid.tuning is not None:
+        recipe = tuning_recipe(recipe, grid.tuning)
+    params = method_cls.resolve_hparams({**method.params, **override_params, **values})
+    ref = TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
+                     run_id=teacher.run_id) if teacher is not None else None
+    label = method.display
+    if tuning:
+        label += "[" + ",".join(f"{key}={value}" for key, value in sorted(values.items())) + "]"
+    spec = RunSpec(stage="student", dataset=dataset, arch=pair.student.arch, arch_kwargs=pair.student.kwargs,
+                   teacher=ref, method=method.name, params=params, recipe=recipe, seed=seed, label=label,
+                   tuning=tuning)
+    return spec, teacher
+
+
+@dataclass
+class TuningCell(Selection):
+    """A Selection with the specs of its tuning runs (per configuration) and each run's teacher run."""
+
+    specs: list[list[RunSpec]] = field(default_factory=list)
+    teachers: dict[str, RunSpec | None] = field(default_factory=dict)
+
+
+def tuning_cells(grid: GridConfig) -> list[TuningCell]:
+    """Every (dataset, pair, method with a sweep) cell with its configurations and tuning runs, in grid order."""
+    if grid.tuning is None:
+        return []
+    cells = []
+    for dataset in grid.datasets:
+        for pair in grid.pairs:
+            for method in grid.methods:
+                configs = sweep_configs(method, grid.tuning)
+                if not configs:
+                    continue
+                cell = TuningCell(dataset=dataset.variant, pair=pair.label, method=method.display,
+                                  select_on=grid.tuning.select_on, budget=grid.tuning.budget, configs=configs)
+                for config in configs:
+                    specs = []
+                    for seed in grid.tuning.seeds:
+                        spec, teacher = _student_spec(grid, dataset, pair, method, seed, config, grid.recipe, True)
+                        cell.teachers[spec.run_id] = teacher
+                        specs.append(spec)
+                    cell.specs.append(specs)
+                    cell.run_ids.append([spec.run_id for spec in specs])
+                cells.append(cell)
+    return cells

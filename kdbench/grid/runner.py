@@ -15,9 +15,10 @@ from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
-from kdbench.grid.expand import expand_grid
+from kdbench.grid.expand import TuningCell, expand_grid, tuning_cells
 from kdbench.grid.needs import check_method_needs
 from kdbench.grid.status import PlannedRun, plan_runs, run_status
+from kdbench.grid.tuning import score_configs, write_selections
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
@@ -57,11 +58,33 @@ def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | Non
 
 
 def plan_grid(grid: GridConfig, results_root: str | Path | None = None) -> tuple[GridPaths, list[PlannedRun]]:
-    """Expand and check the grid, then read each run's status; raises ConfigError on bad input."""
-    specs = expand_grid(grid)
-    check_method_needs(specs)
+    """Expand and check the grid, then read each run's status; raises ConfigError on bad input.
+
+    Methods with a sweep are planned as their tuning runs plus, where tuning has finished, the final runs of the
+    selected configuration (``tuning_selections``).
+    """
     paths = grid_paths(grid, results_root)
+    selected = {cell.key: cell.configs[cell.selected] for cell in tuning_selections(grid, paths)
+                if cell.selected is not None}
+    specs = expand_grid(grid, selected)
+    check_method_needs(specs)
     return paths, plan_runs(specs, paths.runs_root)
+
+
+def tuning_selections(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
+    """Every tuning cell of the grid, scored from its finished tuning runs (selected once all are done)."""
+    cells = tuning_cells(grid)
+    records = {run_id: read_record(paths.runs_root / run_id) for cell in cells for ids in cell.run_ids
+               for run_id in ids}
+    return [score_configs(cell, records) for cell in cells]
+
+
+def record_tuning(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
+    """Write the grid's tuning cells (configs, scores, selections) to <grid dir>/tuning.json; return them."""
+    cells = tuning_selections(grid, paths)
+    if cells:
+        write_selections(paths.grid_dir, cells)
+    return cells
 
 
 @dataclass
@@ -129,7 +152,7 @@ def sync_grid(grid: GridConfig, paths: GridPaths) -> SyncResult | None:
 
 
 def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | None = None, executor: str | None = None,
-             rerun: Collection[str] = (), device: str | None = None) -> GridOutcome:
+             rerun: Collection[str] = (), device: str | None = None, _after_tuning: bool = False) -> GridOutcome:
     """Run every run that is not done, teachers first; a student whose teacher is not done is blocked.
 
     ``rerun``: 'failed' trains failed runs again, 'stale' done runs whose code or teacher changed. A run another
@@ -205,7 +228,21 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             close = getattr(results, "close", None)
             if close is not None:
                 close()
-    outcome.failed_remaining = sum(run.status == "failed" for run in plan_grid(grid, results_root)[1])
+    if grid.tuning is not None and ranks.is_main:
+        record_tuning(grid, paths)
+    planned_ids = {run.spec.run_id for run in planned}
+    replanned = plan_grid(grid, results_root)[1]
+    if (not _after_tuning and outcome.resource_error is None
+            and any(run.spec.run_id not in planned_ids for run in replanned)):  # tuning selected new final runs
+        final = run_grid(grid, grid_text, results_root=results_root, executor=executor, rerun=rerun, device=device,
+                         _after_tuning=True)
+        outcome.ran += final.ran
+        outcome.blocked += final.blocked
+        outcome.blocked_because |= final.blocked_because
+        outcome.busy += final.busy
+        outcome.resource_error, outcome.not_started = final.resource_error, final.not_started
+        replanned = plan_grid(grid, results_root)[1]
+    outcome.failed_remaining = sum(run.status == "failed" for run in replanned)
     outcome.seconds = time.perf_counter() - started
     return outcome
 

@@ -14,6 +14,7 @@ from kdbench.report.groups import GroupRule
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
 from kdbench.tracking.record import RECORD_NAME, RunRecord, read_records
+from kdbench.tracking.tuning_file import read_tuning_file
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,11 @@ def run_report(args) -> Report:
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
     rule = group_rule(args.group_rule)
     report = build_tables(combined, rule, group_by)
+    tuned = read_tuning_file(sources[0].grid_dir)
+    if tuned:
+        from kdbench.report.tuning_table import tuning_table
+
+        report.tables.append(tuning_table(tuned))
     report.notes = [note for _, notes in loaded for note in notes]
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:

@@ -222,8 +222,12 @@ def check_one_grid(grids: pd.Series) -> str:
 
 
 def frames_from_records(records: Iterable[RunRecord]) -> ReportFrames:
-    """The three frames of a grid's records; ReportError when empty or when records of several grids are mixed."""
-    records = list(records)
+    """The three frames of a grid's records; ReportError when empty or when records of several grids are mixed.
+
+    Tuning runs (a method's sweep, trained on validation) are left out: they are no result, and the tuning table
+    reports them from the grid's tuning.json.
+    """
+    records = [record for record in records if not record.spec.get("tuning")]
     runs = runs_frame([run_row(record) for record in records])
     grid = check_one_grid(runs["grid"])
     done = [record for record in records if record.status == "done" and record.final is not None]

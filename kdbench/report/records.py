@@ -12,4 +12,5 @@ from kdbench.report.frames import frames_from_records, read_records, runs_frame
 def load_records(runs_root: str | Path) -> pd.DataFrame:
     """Every record.json under ``runs_root`` as a row (failed runs included, with their reason); may be empty."""
     records = read_records(runs_root)
-    return frames_from_records(records).runs if records else runs_frame([])
+    results = [record for record in records if not record.spec.get("tuning")]  # tuning runs are no result
+    return frames_from_records(results).runs if results else runs_frame([])
