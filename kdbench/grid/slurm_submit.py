@@ -15,7 +15,7 @@ from kdbench.clusterconf import ClusterConfig
 from kdbench.config import ConfigError, GridConfig
 from kdbench.engine import RunJob
 from kdbench.grid.manifest import Manifest, ManifestEntry, slurm_root, write_manifest
-from kdbench.grid.runner import GridPaths, archive_failed, plan_grid, prepare_results
+from kdbench.grid.runner import GridPaths, archive_failed, plan_grid, prepare_results, record_tuning
 from kdbench.grid.slurm_cli import cancel_jobs, max_array_size, require_sbatch
 from kdbench.grid.slurm_status import SlurmRunState, slurm_run_states, state_counts
 from kdbench.grid.slurm_task import SlurmRunTask
@@ -126,6 +126,11 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
     for warning in time_limit_warnings(cluster, planned):
         log.warning("warning: %s", warning)
     target = prepare_results(grid, grid_text, paths)  # the MLflow store exists before any job starts
+    pending = [cell for cell in record_tuning(grid, paths) if cell.selected is None]
+    if pending:  # the final runs of these methods need the tuning results: a later `kdbench run` submits them
+        log.warning("tuning: %d method cell(s) wait for their tuning runs (%s); run the same command again when "
+                    "they are done to submit their final runs", len(pending),
+                    ", ".join(f"{c.method} {c.pair} {c.dataset}" for c in pending[:3]))
     outcome = SlurmSubmission(paths)
     states = {s.run.spec.run_id: s for s in slurm_run_states(planned, paths.grid_dir)}
     to_submit: list[PlannedRun] = []
