@@ -163,6 +163,8 @@ class TuningConfig(BaseModel):
     sampling: Literal["random", "grid"] = Field(default="random", description="which configs when the sweep is "
                                                 "larger than the budget: a seeded random sample, or the first")
     seed: int = Field(default=0, description="seed of the random sample of configurations")
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0, description="balanced datasets without a validation "
+                                "split: tuning runs hold out this stratified share of train (final runs do not)")
 
 
 class OverrideWhen(BaseModel):
@@ -323,11 +325,15 @@ class GridConfig(BaseModel):
         for index, dataset in enumerate(self.datasets):
             if dataset.name == "imagenet_lt":
                 continue  # its split files give the validation set
-            has_val = dataset.val_per_class > 0 if dataset.long_tail is not None else dataset.val_fraction > 0
+            if dataset.long_tail is not None:
+                has_val = dataset.val_per_class > 0
+            else:
+                has_val = dataset.val_fraction > 0 or self.tuning.val_fraction > 0
             if not has_val:
                 raise ValueError(
                     f"datasets[{index}] ({dataset.variant}) has no validation split to tune on (never the test "
-                    "set); set val_fraction (balanced: a stratified slice of train) or val_per_class (long-tailed)")
+                    "set); set tuning.val_fraction or the dataset's val_fraction (balanced: a stratified slice of "
+                    "train), or val_per_class (long-tailed)")
         return self
 
     @model_validator(mode="after")

@@ -44,7 +44,10 @@ def _grid(tmp_path, **changes):
     ({"tuning": {"budget": 0}}, r"tuning\.budget = 0: Input should be greater than or equal to 1"),
     ({"tuning": {"budget": 2, "select_on": "test_top1"}}, r"tuning\.select_on = 'test_top1': Input should be "
                                                           r"'val_top1', 'val_balanced_acc' or 'best_val_top1'"),
-    ({"datasets": [{"name": "synthetic"}]}, r"datasets\[0\] \(synthetic\) has no validation split to tune on"),
+    ({"datasets": [{"name": "synthetic"}], "tuning": {"budget": 2, "val_fraction": 0.0}},
+     r"datasets\[0\] \(synthetic\) has no validation split to tune on"),
+    ({"datasets": [{"name": "synthetic", "long_tail": {"imbalance_ratio": 2}, "val_per_class": 0}]},
+     r"datasets\[0\] \(synthetic-lt-exp-2\) has no validation split to tune on"),
     ({"tuning": None}, r"methods\[1\]\.sweep needs a `tuning:` section"),
     ({"methods": [{"name": "kd", "params": {"temperature": 2.0}, "sweep": {"temperature": [1.0]}}]},
      r"sweep\.temperature: also fixed in params"),
@@ -52,6 +55,16 @@ def _grid(tmp_path, **changes):
 def test_bad_tuning_input_is_one_line_before_anything_runs(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         _grid(tmp_path, **change)
+
+
+def test_a_balanced_dataset_without_validation_holds_out_a_slice_for_tuning_runs_only(tmp_path):
+    grid = _grid(tmp_path, datasets=[{**GRID["datasets"][0], "val_fraction": 0.0}])
+    _write_tuning_results(grid, {"kd": [60.0, 70.0, 65.0], "dkd": [55.0, 56.0]})
+    _, planned = plan_grid(grid)
+    specs = [run.spec for run in planned if run.spec.stage == "student"]
+    assert {s.dataset.val_fraction for s in specs if s.tuning} == {0.1}
+    assert {s.dataset.val_fraction for s in specs if not s.tuning} == {0.0}  # final runs train on all of train
+    assert {s.method for s in specs if not s.tuning} == {"vanilla", "kd", "dkd"}
 
 
 def test_the_budget_picks_configurations_deterministically(tmp_path):
