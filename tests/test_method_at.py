@@ -168,9 +168,14 @@ def test_at_trains_same_family_pair_and_gives_teacher_no_gradient():
 @pytest.mark.slow
 def test_at_trains_cross_family_pair_with_different_stages():
     result = train_steps("at", "vgg13", "MobileNetV2")
-    # vgg13 has 5 stages (32² … 4²), MobileNetV2 4 (16² … 2²): 4 pairs, each pooled to the student's size
+    # The pairs RepDistiller (feat[1:-1]) and mdistiller (feats[1:]) distil: vgg13's stageK is feats[K] of their
+    # vgg.py (block0, feats[0], is the stem and not distilled), MobileNetV2's stageK is feats[K] of their
+    # mobilenetv2.py. Only the last pair differs in size (4² teacher, 2² student): the teacher map is pooled.
     assert result.loss.pairs == [(f"stage{k}", f"stage{k}") for k in range(1, 5)]
-    assert result.ctx.teacher_shapes["stage1"][1:] == (32, 32) and result.ctx.student_shapes["stage1"][1:] == (16, 16)
+    teacher = [result.ctx.teacher_shapes[f"stage{k}"] for k in range(1, 5)]
+    student = [result.ctx.student_shapes[f"stage{k}"] for k in range(1, 5)]
+    assert teacher == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]  # vgg.py feats[1], …, feats[4]
+    assert student == [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)]  # mobilenetv2.py feats[1], …, feats[4]
     assert all(math.isfinite(total) for total in result.totals())
     assert result.student_grads and not result.teacher_grads
 

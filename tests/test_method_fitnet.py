@@ -188,10 +188,21 @@ def test_fitnet_trains_same_family_pair_and_the_regressor_learns():
 
 
 @pytest.mark.slow
-def test_fitnet_trains_cross_family_pair_with_an_upsampling_regressor():
+def test_fitnet_trains_cross_family_pair_vgg13_to_mobilenetv2():
     result = train_steps("fitnet", "vgg13", "MobileNetV2")
-    # vgg13 stage2 is 128×16×16, MobileNetV2 stage2 16×8×8: the student map is half → transposed conv
-    assert result.ctx.teacher_shapes["stage2"] == (128, 16, 16) and result.ctx.student_shapes["stage2"] == (16, 8, 8)
+    # hint_stage 2 is the references' hint_layer 2 (RepDistiller --hint_layer, mdistiller FITNET.HINT_LAYER):
+    # feats[2] of their vgg.py (block2, 256×8×8) and of their mobilenetv2.py (16×8×8); equal sizes → 1×1 conv
+    assert result.ctx.teacher_shapes["stage2"] == (256, 8, 8) and result.ctx.student_shapes["stage2"] == (16, 8, 8)
+    assert type(result.loss.regressor[0]) is nn.Conv2d and result.loss.regressor[0].kernel_size == (1, 1)
+    assert all(math.isfinite(total) for total in result.totals())
+    assert result.loss_grads == result.loss_params and result.student_grads and not result.teacher_grads
+
+
+@pytest.mark.slow
+def test_fitnet_trains_cross_family_pair_with_an_upsampling_regressor():
+    result = train_steps("fitnet", "resnet32x4", "ShuffleV2")
+    # resnet32x4 stage2 is 128×16×16, ShuffleV2 stage2 232×8×8: the student map is half → transposed conv
+    assert result.ctx.teacher_shapes["stage2"] == (128, 16, 16) and result.ctx.student_shapes["stage2"] == (232, 8, 8)
     assert type(result.loss.regressor[0]) is nn.ConvTranspose2d
     assert all(math.isfinite(total) for total in result.totals())
     assert result.loss_grads == result.loss_params and result.student_grads and not result.teacher_grads

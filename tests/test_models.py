@@ -61,7 +61,7 @@ ZOO = [n for n in PARAMS_100 if not n.startswith(("mlp", "cnn"))]
 IMAGENET = {"resnet18", "resnet34", "resnet50", "mobilenet_v1"}  # 224 px models, tested in test_imagenet_models.py
 SMALL = ["mlp_1200x2", "mlp_800x2", "cnn_small", "cnn_large"]
 SLOW = {"ResNet50", "vgg19"}
-NUM_STAGES = {"vgg": 5, "resnet": 4, "mobilenetv2": 4, "cifar_resnet": 3, "wide_resnet": 3, "shufflenet": 3, "mlp": 2}
+NUM_STAGES = {"vgg": 4, "resnet": 4, "mobilenetv2": 4, "cifar_resnet": 3, "wide_resnet": 3, "shufflenet": 3, "mlp": 2}
 # Models whose stageK is ReLU(pre_stageK).
 POST_ACTIVATION_FAMILIES = {"cifar_resnet", "resnet", "vgg", "cnn"}
 
@@ -133,9 +133,53 @@ def test_mlp_dropout_kwargs() -> None:
 
 def test_vgg_uses_the_fourth_pool_only_for_64px_inputs() -> None:
     model = build_model("vgg8", 10).eval()
-    shapes64 = tap_shapes(model, ["stage5"], (3, 64, 64))
-    assert tap_shapes(model, ["stage5"], (3, 32, 32))["stage5"] == (512, 4, 4)
-    assert shapes64["stage5"] == (512, 4, 4)
+    assert tap_shapes(model, ["stage3", "stage4"], (3, 32, 32)) == {"stage3": (512, 4, 4), "stage4": (512, 4, 4)}
+    assert tap_shapes(model, ["stage3", "stage4"], (3, 64, 64)) == {"stage3": (512, 8, 8), "stage4": (512, 4, 4)}
+
+
+# RepDistiller models/vgg.py and mdistiller mdistiller/models/cifar/vgg.py return feats = [f0, f1, f2, f3, f4]
+# (+ the pooled f5) and preact feats = [f0, f1_pre, f2_pre, f3_pre, f4_pre]: f0 is block0 after its ReLU, the
+# stem, not counted as a stage (AT distils feats[1:-1], FitNet's hint_layer 2 is feats[2]). kdbench's tap for
+# each reference index, with its shape on a 32-px input (vgg13; vgg8 has the same shapes):
+VGG_REFERENCE_FEATS = {
+    "stem": ("feats[0] (= preact feats[0])", (64, 32, 32)),
+    "stage1": ("feats[1]", (128, 16, 16)),
+    "stage2": ("feats[2]", (256, 8, 8)),
+    "stage3": ("feats[3]", (512, 4, 4)),
+    "stage4": ("feats[4]", (512, 4, 4)),
+    "pre_stage1": ("preact feats[1]", (128, 16, 16)),
+    "pre_stage2": ("preact feats[2]", (256, 8, 8)),
+    "pre_stage3": ("preact feats[3]", (512, 4, 4)),
+    "pre_stage4": ("preact feats[4]", (512, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg13"])
+def test_vgg_taps_follow_the_reference_feature_indices(name: str) -> None:
+    """stem/stageK/pre_stageK are the references' feats[0]/feats[K]/preact feats[K], walked block by block here."""
+    torch.manual_seed(0)
+    model = build_model(name, 100).eval()
+    assert [t for t in available_taps(model) if "stage" in t or t == "stem"] == [
+        *(f"stage{k}" for k in range(1, 5)),
+        *(f"pre_stage{k}" for k in range(1, 5)),
+        "stem",
+    ]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = FeatureTaps(model, list(VGG_REFERENCE_FEATS))(x)
+        blocks = [model.get_submodule(f"block{k}") for k in range(5)]
+        feats, preact = [blocks[0](x)], [blocks[0](x)]  # the references' f0: relu(block0(x)), before pool0
+        h = model.pool0(feats[0])
+        for k, pool in zip(range(1, 5), (model.pool1, model.pool2, None, None), strict=True):
+            preact.append(blocks[k][:-1](h))  # the block's last BN, before its final ReLU (f{k}_pre)
+            feats.append(F.relu(preact[-1]))
+            h = pool(feats[-1]) if pool is not None else feats[-1]  # no pool3 for a 32-px input
+    expected = {"stem": feats[0], **{f"stage{k}": feats[k] for k in range(1, 5)}}
+    expected |= {f"pre_stage{k}": preact[k] for k in range(1, 5)}
+    for tap, (reference_index, shape) in VGG_REFERENCE_FEATS.items():
+        assert tuple(out[tap].shape[1:]) == shape, (tap, reference_index)
+        assert torch.equal(out[tap], expected[tap]), (tap, reference_index)
+    assert torch.equal(out["logits"], model.classifier(feats[4].mean(dim=(2, 3))))
 
 
 def test_state_dict_keys_follow_the_reference_implementations() -> None:

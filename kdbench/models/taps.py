@@ -3,7 +3,8 @@
 A tapped model declares, as class or instance attributes:
 
 * ``tap_modules: dict[str, str]`` — tap name → dotted submodule path whose *output* is the tap
-  (``stage1`` … ``stageN``, ``pooled``; sometimes ``pre_stageK``);
+  (``stage1`` … ``stageN``, ``pooled``; sometimes ``pre_stageK``, and ``stem`` where the reference code has a
+  stem feature not counted as a stage, as VGG's block 0);
 * ``tap_inputs: dict[str, str]`` (optional) — tap name → submodule path whose first *input* is the tap
   (used for ``pre_stageK``, the pre-ReLU value of a stage output);
 * ``token_source: str | None`` (optional) — the spatial tap whose B×C×H×W map gives ``tokens`` (B×HW×C);

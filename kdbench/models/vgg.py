@@ -1,4 +1,11 @@
-"""CIFAR VGGs with BatchNorm and a single linear classifier: vgg8, vgg11, vgg13, vgg16, vgg19."""
+"""CIFAR VGGs with BatchNorm and a single linear classifier: vgg8, vgg11, vgg13, vgg16, vgg19.
+
+Taps follow RepDistiller's/mdistiller's feature lists (``feats``/``preact_feats`` in their ``vgg.py``): block 0 is
+the stem, so ``stem`` = feats[0] (block0 after its ReLU, before pool0), ``stageK`` = feats[K] (blockK after its
+ReLU, before the following pool) for K = 1…4, ``pre_stageK`` = preact_feats[K] (blockK's last BN, before that
+ReLU) and ``pooled`` = the pooled feature. There is no pre-activation stem tap: their preact list repeats the
+post-ReLU feats[0].
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ VGG_CONFIGS: dict[str, list[list[int]]] = {
 
 
 def _conv_block(widths: list[int], in_channels: int) -> nn.Sequential:
-    """Conv(3×3, bias)-BN-ReLU per width; the last ReLU is not in-place (its input is the pre_stage tap)."""
+    """Conv(3×3, bias)-BN-ReLU per width; the last ReLU is not in-place (its input is the pre_stageK tap)."""
     layers: list[nn.Module] = []
     for i, width in enumerate(widths):
         last = i == len(widths) - 1
@@ -33,7 +40,7 @@ class VGG(nn.Module):
     """VGG-BN for CIFAR as in RepDistiller: five conv blocks, max-pools between them, global pool, one fc."""
 
     classifier_module = "classifier"
-    token_source = "stage5"
+    token_source = "stage4"
 
     def __init__(self, config: list[list[int]], num_classes: int = 100) -> None:
         super().__init__()
@@ -51,8 +58,9 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(config[4][-1], num_classes)
-        self.tap_modules = {f"stage{k + 1}": f"block{k}" for k in range(5)} | {"pooled": "pool"}
-        self.tap_inputs = {f"pre_stage{k + 1}": f"block{k}.{3 * len(w) - 1}" for k, w in enumerate(config)}
+        # Block 0 is the stem and blockK is stageK, as the references number their feats (see the module docstring).
+        self.tap_modules = {"stem": "block0"} | {f"stage{k}": f"block{k}" for k in range(1, 5)} | {"pooled": "pool"}
+        self.tap_inputs = {f"pre_stage{k}": f"block{k}.{3 * len(config[k]) - 1}" for k in range(1, 5)}
         init_conv_bn(self)
         init_linear(self, std=0.01)
 
