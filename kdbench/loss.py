@@ -100,6 +100,14 @@ def check_view_rows(method: str, view: str, copies: int, target: torch.Tensor,
     return size
 
 
+def loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a pure loss computes in: fp16/bf16 inputs are upcast to fp32, fp32 and fp64 are kept."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 class DistillLoss(nn.Module):
     """Base class of every method: returns a dict of already-weighted loss terms, "ce" included."""
 
