@@ -220,7 +220,7 @@ class CRD(DistillLoss):
         assert teacher is not None, f"{self.name} needs a teacher"
         if "contrast_index" not in batch or "index" not in batch:
             raise KeyError(f"{self.name} needs batch['index'] and batch['contrast_index'] (declared in its needs)")
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         crd = self.crd_terms(student["pooled"], teacher["pooled"], batch["index"], batch["contrast_index"])
         return {"ce": self.hparams["ce_weight"] * ce, "crd": self.hparams["crd_weight"] * crd}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kdbench.loss import DistillLoss, Needs, Progress, loss_dtype, register_method
 
@@ -144,5 +143,5 @@ class DKD(DistillLoss):
         target = batch["target"]
         tckd, nckd = dkd_terms(student["logits"], teacher["logits"], target, hp["temperature"])
         factor = warmup_factor(progress.epoch, hp["warmup"])
-        ce = F.cross_entropy(student["logits"], target)
+        ce = self.student_ce_loss(student["logits"], target)
         return {"ce": hp["ce_weight"] * ce, "tckd": factor * hp["alpha"] * tckd, "nckd": factor * hp["beta"] * nckd}

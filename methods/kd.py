@@ -42,7 +42,7 @@ class KD(DistillLoss):
     ) -> dict[str, torch.Tensor]:
         """Return {"ce", "kd"}, each weighted."""
         assert teacher is not None, "kd needs a teacher"
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
         return {"ce": self.hparams["ce_weight"] * ce, "kd": self.hparams["kd_weight"] * kd}
 

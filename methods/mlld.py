@@ -171,7 +171,7 @@ class MLLD(DistillLoss):
         teacher_weak, teacher_strong = teacher_logits[:size], teacher_logits[size:]
         sample_mask, class_mask = confidence_masks(teacher_weak)
 
-        ce = F.cross_entropy(_fp32(student_weak), target) + F.cross_entropy(_fp32(student_strong), target)
+        ce = self.student_ce_loss(_fp32(student_weak), target) + self.student_ce_loss(_fp32(student_strong), target)
         if self.hparams["variant"] == "described":
             instance, batch_term, class_term = self._described(
                 student_weak, student_strong, teacher_weak, teacher_strong, sample_mask, class_mask)

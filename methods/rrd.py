@@ -127,7 +127,7 @@ class RRD(DistillLoss):
     ) -> dict[str, torch.Tensor]:
         """Return {"ce", "rrd"}, each weighted."""
         assert teacher is not None, f"{self.name} needs a teacher"
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         rrd = self.rrd_terms(student["pooled"], teacher["pooled"])
         return {"ce": self.hparams["ce_weight"] * ce, "rrd": self.hparams["rrd_weight"] * rrd}
 

@@ -371,7 +371,7 @@ class TRG(DistillLoss):
         hp = self.hparams
         terms: dict[str, torch.Tensor] = {}
         if hp["ce_weight"] > 0:
-            terms["ce"] = hp["ce_weight"] * F.cross_entropy(student["logits"], batch["target"])
+            terms["ce"] = hp["ce_weight"] * self.student_ce_loss(student["logits"], batch["target"])
         if hp["kd_weight"] > 0:
             terms["kd"] = hp["kd_weight"] * kd_loss(student["logits"], teacher["logits"].detach(), hp["temperature"])
         tap = hp["token_tap"]

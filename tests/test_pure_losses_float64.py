@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdbench.loss import logit_adjusted_ce
 from kdbench.methods.at import at_loss
 from kdbench.methods.crd import crd_logits, nce_loss, nce_loss_from_log
 from kdbench.methods.dkd import dkd_loss
@@ -20,6 +21,8 @@ from kdbench.methods.mlld import batch_correlation_loss, class_correlation_loss,
 from kdbench.methods.rkd import rkd_loss
 from kdbench.methods.rrd import rrd_loss
 from kdbench.methods.trg import contextual_loss, global_contrastive_loss, local_preserving_loss
+
+COUNTS = [50, 20, 9, 4, 2]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ def _labels(n: int, classes: int) -> torch.Tensor:
 CASES = {
     "kd_loss": Case(lambda s, t: kd_loss(s, t, 4.0), lambda r: (r(3, 5), r(3, 5)), grads=2),
     "dkd_loss": Case(lambda s, t: dkd_loss(s, t, _labels(3, 5), 1.0, 8.0, 2.0), lambda r: (r(3, 5), r(3, 5))),
+    "logit_adjusted_ce": Case(lambda z: logit_adjusted_ce(z, _labels(4, 5), COUNTS, 1.5), lambda r: (r(4, 5),)),
     "crd_logits": Case(lambda e, bank: crd_logits(e, bank, torch.tensor([[0, 3, 5], [1, 2, 4]]), 0.5),
                        lambda r: (r(2, 4), r(6, 4)), upcasts=False),  # scores, not a loss
     "nce_loss_from_log": Case(lambda log_x: nce_loss_from_log(log_x, 100), lambda r: (r(3, 4),)),

@@ -76,7 +76,11 @@ def expand_grid(grid: GridConfig) -> list[RunSpec]:
                     recipe, override_params = _resolve(grid, grid.recipe, method, stage="student", dataset=dataset,
                                                        teacher=pair.teacher.arch if uses_teacher else None,
                                                        student=pair.student.arch)
-                    params = method_cls.resolve_hparams({**method.params, **override_params})
+                    try:
+                        params = method_cls.resolve_hparams({**method.params, **override_params})
+                    except ValueError as error:
+                        raise ConfigError(f"{error} (params of method '{method.display}' with the matching "
+                                          "overrides)") from None
                     ref = TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
                                      run_id=teacher.run_id) if uses_teacher else None
                     spec = RunSpec(stage="student", dataset=dataset, arch=pair.student.arch,
