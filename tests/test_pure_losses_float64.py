@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from kdbench.loss import logit_adjusted_ce
 from kdbench.methods.at import at_loss
+from kdbench.methods.bkd import bkd_loss
 from kdbench.methods.crd import crd_logits, nce_loss, nce_loss_from_log
 from kdbench.methods.dkd import dkd_loss
 from kdbench.methods.fitnet import hint_loss
@@ -42,6 +43,7 @@ def _labels(n: int, classes: int) -> torch.Tensor:
 CASES = {
     "kd_loss": Case(lambda s, t: kd_loss(s, t, 4.0), lambda r: (r(3, 5), r(3, 5)), grads=2),
     "dkd_loss": Case(lambda s, t: dkd_loss(s, t, _labels(3, 5), 1.0, 8.0, 2.0), lambda r: (r(3, 5), r(3, 5))),
+    "bkd_loss": Case(lambda s, t: bkd_loss(s, t, COUNTS, 2.0, 0.99), lambda r: (r(3, 5), r(3, 5))),
     "logit_adjusted_ce": Case(lambda z: logit_adjusted_ce(z, _labels(4, 5), COUNTS, 1.5), lambda r: (r(4, 5),)),
     "crd_logits": Case(lambda e, bank: crd_logits(e, bank, torch.tensor([[0, 3, 5], [1, 2, 4]]), 0.5),
                        lambda r: (r(2, 4), r(6, 4)), upcasts=False),  # scores, not a loss

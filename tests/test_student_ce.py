@@ -163,7 +163,7 @@ def _ctx(name: str, counts) -> LossContext:
 
 
 def test_every_built_in_method_has_a_case():
-    assert {"vanilla", "kd", "dkd", "crd", "rkd", "fitnet", "at", "mlkd", "mlld", "rrd", "trg"} <= set(BUILT_IN)
+    assert {"vanilla", "kd", "dkd", "bkd", "crd", "rkd", "fitnet", "at", "mlkd", "mlld", "rrd", "trg"} <= set(BUILT_IN)
     for name in BUILT_IN:
         _method_case(name, torch.Generator())
 
