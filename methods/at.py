@@ -95,6 +95,6 @@ class AT(DistillLoss):
         """Return {"ce", "at"}, each weighted; "at" is summed over the paired stages."""
         assert teacher is not None, "at needs a teacher"
         hp = self.hparams
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         transfer = sum(at_loss(student[s], teacher[t], hp["p"]) for s, t in self.pairs)
         return {"ce": hp["ce_weight"] * ce, "at": hp["at_weight"] * transfer}

@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.engine.distributed import active_world, all_gather_rows
-from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, loss_dtype, register_method
 from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
 
@@ -90,8 +90,10 @@ def nce_loss_from_log(log_x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """The NCE loss h(x) of ``nce_loss``, given ``log x`` (B×(K+1), column 0 the positive).
 
     ``log(x_0/(x_0 + c)) = −softplus(log c − log x_0)`` and ``log(c/(x_k + c)) = −softplus(log x_k − log c)``
-    with ``c = K·P_n = K/N``: exact, and finite whatever the magnitude of x.
+    with ``c = K·P_n = K/N``: exact, and finite whatever the magnitude of x. In at least fp32 (fp16/bf16
+    upcast, fp64 kept).
     """
+    log_x = log_x.to(loss_dtype(log_x))
     negatives = log_x.shape[1] - 1
     if negatives < 1:
         raise ValueError(f"NCE needs at least one negative, got scores of shape {tuple(log_x.shape)}")
@@ -218,7 +220,7 @@ class CRD(DistillLoss):
         assert teacher is not None, f"{self.name} needs a teacher"
         if "contrast_index" not in batch or "index" not in batch:
             raise KeyError(f"{self.name} needs batch['index'] and batch['contrast_index'] (declared in its needs)")
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         crd = self.crd_terms(student["pooled"], teacher["pooled"], batch["index"], batch["contrast_index"])
         return {"ce": self.hparams["ce_weight"] * ce, "crd": self.hparams["crd_weight"] * crd}
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from kdbench.loss import DistillLoss, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, Needs, Progress, loss_dtype, register_method
 
 # Floor of log(p_g) and log(1 − p_g) (the same floor torch.nn.BCELoss puts on its logs). Both logs are computed
 # exactly in the log domain, so for finite logits the floor only touches probabilities below e^-100 ≈ 3.7e-44,
@@ -80,14 +79,15 @@ def _dkd_parts(
 def dkd_terms(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unweighted (TCKD, NCKD) in fp32 whatever the input dtype, after checking the labels."""
+    """Unweighted (TCKD, NCKD) in at least fp32 (fp16/bf16 upcast, fp64 kept), after checking the labels."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"dkd: student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape"
         )
     check_integer_labels(target, student_logits)
-    return _dkd_parts(student_logits.float(), teacher_logits.float(), target, temperature)
+    dtype = loss_dtype(student_logits, teacher_logits)
+    return _dkd_parts(student_logits.to(dtype), teacher_logits.to(dtype), target, temperature)
 
 
 def dkd_loss(
@@ -98,7 +98,7 @@ def dkd_loss(
     beta: float,
     temperature: float,
 ) -> torch.Tensor:
-    """α·TCKD + β·NCKD (no warm-up, no CE), in fp32.
+    """α·TCKD + β·NCKD (no warm-up, no CE), in at least fp32 (fp16/bf16 upcast, fp64 kept).
 
     TCKD = T²·KL(b_t ‖ b_s) on the binary distributions b = [p_g, 1 − p_g]; NCKD = T²·KL(p̂_t ‖ p̂_s) on the
     softmax over the non-target classes; both summed over classes and divided by the batch size. ``target``
@@ -143,5 +143,5 @@ class DKD(DistillLoss):
         target = batch["target"]
         tckd, nckd = dkd_terms(student["logits"], teacher["logits"], target, hp["temperature"])
         factor = warmup_factor(progress.epoch, hp["warmup"])
-        ce = F.cross_entropy(student["logits"], target)
+        ce = self.student_ce_loss(student["logits"], target)
         return {"ce": hp["ce_weight"] * ce, "tckd": factor * hp["alpha"] * tckd, "nckd": factor * hp["beta"] * nckd}

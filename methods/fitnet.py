@@ -99,6 +99,6 @@ class FitNet(DistillLoss):
         """Return {"ce", "hint"}, each weighted."""
         assert teacher is not None, "fitnet needs a teacher"
         hp = self.hparams
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         hint = hint_loss(self.regressor(student[self.tap]), teacher[self.tap])
         return {"ce": hp["ce_weight"] * ce, "hint": hp["hint_weight"] * hint}

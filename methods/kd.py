@@ -5,16 +5,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdbench.loss import DistillLoss, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, Needs, Progress, loss_dtype, register_method
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Unweighted T²·KL(p_t^T ‖ p_s^T), summed over classes and averaged over the batch.
 
-    Computed in fp32 whatever the autocast dtype, since softening by T loses precision in bf16.
+    Computed in at least fp32 whatever the autocast dtype, since softening by T loses precision in bf16
+    (fp16/bf16 inputs are upcast; fp64 stays fp64).
     """
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    dtype = loss_dtype(student_logits, teacher_logits)
+    log_p_student = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.to(dtype) / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
@@ -40,7 +42,7 @@ class KD(DistillLoss):
     ) -> dict[str, torch.Tensor]:
         """Return {"ce", "kd"}, each weighted."""
         assert teacher is not None, "kd needs a teacher"
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         kd = kd_loss(student["logits"], teacher["logits"], self.hparams["temperature"])
         return {"ce": self.hparams["ce_weight"] * ce, "kd": self.hparams["kd_weight"] * kd}
 

@@ -150,7 +150,7 @@ class MLKD(DistillLoss):
         feat_student = student["pooled"].flatten(1)
         feat_teacher = teacher["pooled"].flatten(1).detach()
 
-        ce = F.cross_entropy(_fp32(student["logits"][:size]), target)
+        ce = self.student_ce_loss(_fp32(student["logits"][:size]), target)
 
         projected = self.corr_head(feat_student)
         corr = correlation_loss(projected[size:], projected[:size], feat_teacher[size:], feat_teacher[:size],

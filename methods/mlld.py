@@ -71,7 +71,7 @@ def confidence_masks(teacher_weak_logits: torch.Tensor) -> tuple[torch.Tensor, t
     middle values of an even count (``torch.quantile(…, 0.5)``, as the reference's ``np.percentile(…, 50)``),
     so about half of the samples and half of the classes are kept: the LESS confident ones, as in the reference.
     """
-    probs = F.softmax(teacher_weak_logits.detach().float(), dim=1)
+    probs = F.softmax(_fp32(teacher_weak_logits.detach()), dim=1)
     confidence = probs.max(dim=1).values
     class_total = probs.sum(dim=0)
     sample_mask = confidence <= torch.quantile(confidence, 0.5)
@@ -171,7 +171,7 @@ class MLLD(DistillLoss):
         teacher_weak, teacher_strong = teacher_logits[:size], teacher_logits[size:]
         sample_mask, class_mask = confidence_masks(teacher_weak)
 
-        ce = F.cross_entropy(_fp32(student_weak), target) + F.cross_entropy(_fp32(student_strong), target)
+        ce = self.student_ce_loss(_fp32(student_weak), target) + self.student_ce_loss(_fp32(student_strong), target)
         if self.hparams["variant"] == "described":
             instance, batch_term, class_term = self._described(
                 student_weak, student_strong, teacher_weak, teacher_strong, sample_mask, class_mask)

@@ -98,7 +98,7 @@ class RKD(DistillLoss):
         """Return {"ce", "rkd_distance", "rkd_angle"}, each weighted."""
         assert teacher is not None, "rkd needs a teacher"
         hp = self.hparams
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         distance, angle = rkd_terms(student["pooled"], teacher["pooled"])
         return {
             "ce": hp["ce_weight"] * ce,

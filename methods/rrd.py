@@ -39,14 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdbench.engine.distributed import all_gather_rows
-from kdbench.loss import DistillLoss, LossContext, Needs, Progress, register_method
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, loss_dtype, register_method
 from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
 
 def rrd_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau_s: float, tau_t: float) -> torch.Tensor:
-    """``−mean_i Σ_k softmax(s_t/τ_t)_ik · log softmax(s_s/τ_s)_ik``; the teacher scores are detached."""
-    target = F.softmax(teacher_scores.detach() / tau_t, dim=1)
-    return -(target * F.log_softmax(student_scores / tau_s, dim=1)).sum(dim=1).mean()
+    """``−mean_i Σ_k softmax(s_t/τ_t)_ik · log softmax(s_s/τ_s)_ik``; the teacher scores are detached.
+
+    Computed in at least fp32 (fp16/bf16 scores upcast, fp64 kept).
+    """
+    dtype = loss_dtype(student_scores, teacher_scores)
+    target = F.softmax(teacher_scores.detach().to(dtype) / tau_t, dim=1)
+    return -(target * F.log_softmax(student_scores.to(dtype) / tau_s, dim=1)).sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -123,7 +127,7 @@ class RRD(DistillLoss):
     ) -> dict[str, torch.Tensor]:
         """Return {"ce", "rrd"}, each weighted."""
         assert teacher is not None, f"{self.name} needs a teacher"
-        ce = F.cross_entropy(student["logits"], batch["target"])
+        ce = self.student_ce_loss(student["logits"], batch["target"])
         rrd = self.rrd_terms(student["pooled"], teacher["pooled"])
         return {"ce": self.hparams["ce_weight"] * ce, "rrd": self.hparams["rrd_weight"] * rrd}
 

@@ -128,11 +128,12 @@ def global_contrastive_loss(student_embeddings: torch.Tensor, teacher_embeddings
     """InfoNCE: mean over rows i of ``−log softmax_j(⟨s_i, t_j⟩/τ)[i]`` (M×d each, projected and normalised).
 
     Over more than ``block_size`` rows it runs in row blocks with activation checkpointing, so the M×M logits
-    are never all kept for the backward pass; the value and gradients are the same.
+    are never all kept for the backward pass; the value and gradients are the same. In at least fp32.
     """
     if student_embeddings.shape != teacher_embeddings.shape:
         raise ValueError(f"embeddings must have the same shape, got {tuple(student_embeddings.shape)} and "
                          f"{tuple(teacher_embeddings.shape)}")
+    student_embeddings, teacher_embeddings = _fp32(student_embeddings), _fp32(teacher_embeddings)
     count = student_embeddings.shape[0]
     if count <= block_size:
         return _infonce_block_sum(student_embeddings, teacher_embeddings, 0, tau) / count
@@ -370,7 +371,7 @@ class TRG(DistillLoss):
         hp = self.hparams
         terms: dict[str, torch.Tensor] = {}
         if hp["ce_weight"] > 0:
-            terms["ce"] = hp["ce_weight"] * F.cross_entropy(student["logits"], batch["target"])
+            terms["ce"] = hp["ce_weight"] * self.student_ce_loss(student["logits"], batch["target"])
         if hp["kd_weight"] > 0:
             terms["kd"] = hp["kd_weight"] * kd_loss(student["logits"], teacher["logits"].detach(), hp["temperature"])
         tap = hp["token_tap"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kdbench.loss import DistillLoss, Needs, Progress, register_method
 
@@ -24,5 +23,6 @@ class Vanilla(DistillLoss):
         progress: Progress,
     ) -> dict[str, torch.Tensor]:
         """Return {"ce": weighted CE}."""
-        ce = F.cross_entropy(student["logits"], batch["target"], label_smoothing=self.hparams["label_smoothing"])
+        ce = self.student_ce_loss(student["logits"], batch["target"],
+                                 label_smoothing=self.hparams["label_smoothing"])
         return {"ce": self.hparams["ce_weight"] * ce}

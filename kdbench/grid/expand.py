@@ -109,7 +109,10 @@ def _student_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, meth
         recipe = tuning_recipe(recipe, grid.tuning)
         if dataset.long_tail is None and dataset.val_fraction == 0 and dataset.name != "imagenet_lt":
             dataset = dataset.model_copy(update={"val_fraction": grid.tuning.val_fraction})  # tuning runs only
-    params = method_cls.resolve_hparams({**method.params, **override_params, **values})
+    try:
+        params = method_cls.resolve_hparams({**method.params, **override_params, **values})
+    except ValueError as error:
+        raise ConfigError(f"{error} (params of method '{method.display}' with the matching overrides)") from None
     ref = TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
                      run_id=teacher.run_id) if teacher is not None else None
     label = method.display
