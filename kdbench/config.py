@@ -137,7 +137,8 @@ class MethodEntry(BaseModel):
             if not values:
                 raise ValueError(f"sweep.{key} = []: a sweep needs at least one value")
             try:
-                METHODS.get(self.name).check_hparams({key: values[0]})
+                for value in values:
+                    METHODS.get(self.name).check_hparams({**self.params, key: value})
             except ValueError as error:
                 raise ValueError(f"sweep.{key}: {error}") from None
             if key in self.params:

@@ -107,3 +107,17 @@ def test_run_id_is_stable_across_processes():
                          env={"PYTHONHASHSEED": "123", "PATH": ""})
     assert out.stdout.strip() == spec.run_id
     assert len(spec.run_id) == 16 and int(spec.run_id, 16) >= 0
+
+
+def test_run_ids_are_stable_across_kdbench_versions():
+    """Pinned ids (measured before the fields added for ImageNet, teachers from weights, tuning and student_ce):
+    a field added at its default must not change the id of any run planned before it, or its results are lost."""
+    from kdbench.config import parse_grid
+
+    small = parse_grid({"name": "g", "datasets": [{"name": "synthetic"}], "seeds": [0], "methods": ["kd"],
+                        "pairs": [{"teacher": "resnet8", "student": "resnet8"}]})
+    assert [s.run_id for s in expand_grid(small)] == ["dba669e575008458", "87e60d235fcd9ad7"]
+    lt = parse_grid({"name": "g", "datasets": [{"name": "cifar100", "root": "/nonexistent", "download": True,
+                                                 "long_tail": {"imbalance_ratio": 100}}],
+                     "pairs": [{"teacher": "resnet32x4", "student": "resnet8x4"}], "methods": ["dkd"], "seeds": [1]})
+    assert [s.run_id for s in expand_grid(lt)] == ["48c3bc0c39df3dfe", "9375a1e079838bcf"]

@@ -40,19 +40,21 @@ def test_cifar100_grid_plans_with_its_per_pair_settings(tmp_path):
     assert all(t.recipe.lr == 0.05 and t.recipe.epochs == 240 for t in teachers)
 
 
-def test_trg_grid_plans_with_its_ablations(tmp_path):
+def test_trg_grid_plans_with_its_ablations_long_tail_baselines_and_tuning_stage(tmp_path):
     grid = load_grid(REPO / "experiments" / "trg_cifar100_lt.yaml", data_root=_empty_cifar100(tmp_path))
     _, planned = plan_grid(grid, tmp_path / "results")
     specs = [run.spec for run in planned]
     variants = {s.dataset.variant for s in specs}
     assert len(variants) == 4 and len(grid.pairs) == 2 and grid.seeds == [0, 1, 2, 3, 4]
     teachers = [s for s in specs if s.stage == "teacher"]
-    students = [s for s in specs if s.stage == "student"]
+    students = [s for s in specs if s.stage == "student" and not s.tuning]
+    tuning = [s for s in specs if s.tuning]
     assert len(teachers) == 4 * 2  # one per (dataset, teacher): long-tailed teachers train on their LT set
     labels = {s.display_method for s in students}
     ablations = {"trg-no-kd": "kd_weight", "trg-no-inner": "inner_weight", "trg-no-local": "local_weight",
                  "trg-no-global": "global_weight"}
-    assert labels == {"vanilla", "kd", "dkd", "crd", "rkd", "mlkd", "mlld", "trg", "trg-fixed-tau", *ablations}
+    assert labels == {"vanilla", "kd", "dkd", "crd", "rkd", "mlkd", "mlld", "trg", "trg-fixed-tau", *ablations,
+                      "bkd", "kd+la", "trg+la"}  # the *-tuned rows wait for their tuning (stage 1)
     assert len(students) == 4 * 2 * 5 * (len(labels) - 1) + 4 * 2 * 5  # vanilla once per student arch
     for spec in students:
         if spec.method != "trg":
@@ -61,7 +63,13 @@ def test_trg_grid_plans_with_its_ablations(tmp_path):
         assert off == ([ablations[spec.label]] if spec.label in ablations else []), spec.describe()
         fixed = spec.params["tau_global_start"] == spec.params["tau_global_end"]
         assert fixed == (spec.label == "trg-fixed-tau")
+        assert spec.params.get("student_ce", "plain") == ("logit_adjusted" if spec.label == "trg+la" else "plain")
     assert {s.params["beta"] for s in students if s.method == "dkd" and s.arch == "wrn_16_2"} == {6.0}
+    # stage 1: 12 configurations (the budget) of each tuned method, per dataset and pair, on seed 0 only
+    assert grid.tuning.budget == 12 and len(tuning) == 3 * 12 * 4 * 2
+    assert {s.seed for s in tuning} == {0} and {s.label.split("[")[0] for s in tuning} == {
+        "trg-tuned", "dkd-tuned", "mlld-tuned"}
+    assert {s.dataset.val_fraction for s in tuning if s.dataset.long_tail is None} == {0.1}
 
 
 @pytest.mark.slow
