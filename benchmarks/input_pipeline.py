@@ -314,6 +314,15 @@ def timed(device: torch.device, run: Callable[[], None]) -> dict[str, Any]:
     return {"seconds": seconds, "load_before": load, "other_cores": others.cores}
 
 
+def replay_batches(batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+                   count: int) -> Callable[[int], Iterator[dict[str, torch.Tensor]]]:
+    """``batches(epoch)`` that yields the same first ``count`` batches of epoch 0, kept on the device, every time."""
+    stream = batches(0)
+    kept = [batch for _, batch in zip(range(count), stream, strict=False)]
+    getattr(stream, "close", lambda: None)()
+    return lambda epoch: iter(kept)
+
+
 def step_row(variant: str, files: FileImageSet, data: DataBundle, args: argparse.Namespace, device: torch.device,
              epoch_counter: Iterator[int]) -> dict[str, Any]:
     """Table 2 row: kdbench's loop and the bare loop on the same loader, interleaved; medians of the repeats."""
@@ -329,6 +338,9 @@ def step_row(variant: str, files: FileImageSet, data: DataBundle, args: argparse
                               loader_workers=args.step_workers)
     steps = args.steps
     images = steps * args.step_batch
+    warmup = args.warmup_steps + (2 if compiled else 0)
+    if args.step_data == "memory":  # replay batches already on the device: the loops alone, without the loader
+        parts.batches = replay_batches(parts.batches, max(steps, warmup) + 1)
 
     def kdbench_run(max_steps: int) -> Callable[[], None]:
         def run() -> None:
@@ -340,7 +352,6 @@ def step_row(variant: str, files: FileImageSet, data: DataBundle, args: argparse
             bare.run(parts.batches(next(epoch_counter)), max_steps)
         return run
 
-    warmup = args.warmup_steps + (2 if compiled else 0)
     warmup_seconds = timed(device, kdbench_run(warmup))["seconds"] + timed(device, bare_run(warmup))["seconds"]
     kd_runs, bare_runs = [], []
     for repeat in range(args.repeats):  # interleaved; who goes first alternates, so a drift in speed cancels
@@ -399,9 +410,11 @@ def markdown(result: dict[str, Any]) -> str:
                          f"| {_cores(row['max_other_cores'])} |")
     if result["step"]:
         first = result["step"][0]
+        data_note = (f"{setup['step_workers']} loader workers (the same kdbench loader for both loops)"
+                     if setup["step_data"] == "loader" else "the same batches replayed from device memory")
         lines += ["", f"Step: {first['model']} at {IMAGE_SIZE} px, vanilla CE + SGD, batch {first['batch']}, "
-                  f"{first['steps']} steps per run, {setup['step_workers']} loader workers (the same kdbench loader "
-                  f"for both loops), median of {setup['repeats']} interleaved pairs (A B, B A, …).", "",
+                  f"{first['steps']} steps per run, {data_note}, median of {setup['repeats']} interleaved pairs "
+                  "(A B, B A, …).", "",
                   "| variant | kdbench loop (images/s) | bare loop (images/s) | kdbench / bare | pair ratios | load "
                   "| others |", "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
         for row in result["step"]:
@@ -435,6 +448,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="interleaved kdbench/bare pairs (median; default 5, quick 3)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps of each loop first (+2 compiled)")
     parser.add_argument("--step-workers", type=int, help="loader workers for the step table (default: CPUs - 1)")
+    parser.add_argument("--step-data", choices=("loader", "memory"), default="loader",
+                        help="step batches from the kdbench loader (default) or replayed from device memory")
     parser.add_argument("--no-loader", action="store_true", help="skip table 1")
     parser.add_argument("--no-step", action="store_true", help="skip table 2")
     parser.add_argument("--quick", action="store_true",
@@ -483,7 +498,7 @@ def main() -> None:
             "setup": {"device": str(device), "cpus": usable_cpus(), "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "batch": args.batch, "seconds": args.seconds,
                       "loader_repeats": args.loader_repeats, "repeats": args.repeats,
-                      "step_workers": args.step_workers},
+                      "step_workers": args.step_workers, "step_data": args.step_data},
             "loader": [] if args.no_loader else loader_table(train_root, files, args, device),
             "step": [] if args.no_step else step_table(files, bundle_for(files, classes), args, device),
             "skipped_variants": [] if args.no_step else args.skipped_variants,
