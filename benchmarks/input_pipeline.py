@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import json
 import os
@@ -243,6 +244,22 @@ def loader_row(pipeline: str, train_root: Path, files: FileImageSet, workers: in
             "images_per_s": images / seconds, "load_before": load, "other_cores": others}
 
 
+def busy(run: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether other processes used more than ``--busy-cores`` during ``run``."""
+    return run["other_cores"] is not None and run["other_cores"] > args.busy_cores
+
+
+def retry_while_busy(measure: Callable[[], dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """``measure()``, again (up to ``--busy-retries`` times) while other processes kept the machine busy."""
+    for attempt in range(args.busy_retries + 1):
+        run = measure()
+        run["retries"] = attempt
+        if not busy(run, args):
+            break
+        print(f"  busy: other processes used {run['other_cores']:.2f} cores; measuring again", flush=True)
+    return run
+
+
 def most_other_cores(runs: list[dict[str, Any]]) -> float | None:
     """The most cores other processes used during any of ``runs`` (None when unknown)."""
     known = [r["other_cores"] for r in runs if r["other_cores"] is not None]
@@ -258,13 +275,15 @@ def loader_table(train_root: Path, files: FileImageSet, args: argparse.Namespace
         for repeat in range(args.loader_repeats):
             order = ("kdbench", "torchvision") if repeat % 2 == 0 else ("torchvision", "kdbench")
             for pipeline in order:
-                runs[pipeline].append(loader_row(pipeline, train_root, files, workers, args, device))
+                measure = functools.partial(loader_row, pipeline, train_root, files, workers, args, device)
+                runs[pipeline].append(retry_while_busy(measure, args))
         kd = statistics.median(r["images_per_s"] for r in runs["kdbench"])
         tv = statistics.median(r["images_per_s"] for r in runs["torchvision"])
         every = [r for rs in runs.values() for r in rs]
         load, others = max(r["load_before"] for r in every), most_other_cores(every)
         rows.append({"workers": workers, "kdbench_images_per_s": kd, "torchvision_images_per_s": tv,
-                     "ratio": kd / tv, "runs": runs, "max_load_before": load, "max_other_cores": others})
+                     "ratio": kd / tv, "runs": runs, "max_load_before": load, "max_other_cores": others,
+                     "reruns": sum(r["retries"] for r in every)})
         print(f"loader, {workers} workers: kdbench {kd:.0f} images/s, torchvision {tv:.0f} images/s "
               f"(load before ≤ {load:.2f}, other processes ≤ {others} cores)", flush=True)
     return rows
@@ -353,14 +372,18 @@ def step_row(variant: str, files: FileImageSet, data: DataBundle, args: argparse
         return run
 
     warmup_seconds = timed(device, kdbench_run(warmup))["seconds"] + timed(device, bare_run(warmup))["seconds"]
+
+    def pair(kdbench_first: bool) -> dict[str, Any]:
+        arms = [("kdbench", kdbench_run), ("bare", bare_run)]
+        runs = {name: timed(device, run(steps)) for name, run in (arms if kdbench_first else arms[::-1])}
+        cores = [r["other_cores"] for r in runs.values() if r["other_cores"] is not None]
+        return runs | {"other_cores": max(cores) if cores else None}
+
     kd_runs, bare_runs = [], []
     for repeat in range(args.repeats):  # interleaved; who goes first alternates, so a drift in speed cancels
-        if repeat % 2 == 0:
-            kd_runs.append(timed(device, kdbench_run(steps)))
-            bare_runs.append(timed(device, bare_run(steps)))
-        else:
-            bare_runs.append(timed(device, bare_run(steps)))
-            kd_runs.append(timed(device, kdbench_run(steps)))
+        measured = retry_while_busy(functools.partial(pair, repeat % 2 == 0), args)
+        kd_runs.append(measured["kdbench"] | {"retries": measured["retries"]})
+        bare_runs.append(measured["bare"] | {"retries": measured["retries"]})
     kd_times, bare_times = [r["seconds"] for r in kd_runs], [r["seconds"] for r in bare_runs]
     kd, bare_s = statistics.median(kd_times), statistics.median(bare_times)
     ratios = [b / k for k, b in zip(kd_times, bare_times, strict=True)]
@@ -368,7 +391,8 @@ def step_row(variant: str, files: FileImageSet, data: DataBundle, args: argparse
             "kdbench_images_per_s": images / kd, "bare_images_per_s": images / bare_s, "ratio": bare_s / kd,
             "pair_ratios": ratios, "kdbench_seconds": kd_times, "bare_seconds": bare_times,
             "warmup_seconds": warmup_seconds, "max_load_before": max(r["load_before"] for r in kd_runs + bare_runs),
-            "max_other_cores": most_other_cores(kd_runs + bare_runs), "kdbench_runs": kd_runs, "bare_runs": bare_runs}
+            "max_other_cores": most_other_cores(kd_runs + bare_runs), "reruns": sum(r["retries"] for r in kd_runs),
+            "kdbench_runs": kd_runs, "bare_runs": bare_runs}
 
 
 def step_table(files: FileImageSet, data: DataBundle, args: argparse.Namespace,
@@ -398,16 +422,17 @@ def markdown(result: dict[str, Any]) -> str:
              f"torch {setup['torch']}; data: {facts['source']}, {facts['images']} images of {facts['classes']} "
              f"classes, mean JPEG {facts['mean_kb']} KB. load: the highest 1-min load average before a run (this "
              "benchmark's own earlier runs included); others: the most CPU cores that other processes (and the "
-             "hypervisor's steal) used during a run."]
+             "hypervisor's steal) used during a kept run; reruns: runs measured again because others used more than "
+             f"{setup['busy_cores']} cores."]
     if result["loader"]:
         lines += ["", f"Loader: batch {setup['batch']}, ≥ {setup['seconds']} s per row after one warm-up batch, "
                   f"median of {setup['loader_repeats']}.", "",
-                  "| workers | kdbench (images/s) | torchvision (images/s) | kdbench / torchvision | load | others |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| workers | kdbench (images/s) | torchvision (images/s) | kdbench / torchvision | load | others "
+                  "| reruns |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for row in result["loader"]:
             lines.append(f"| {row['workers']} | {row['kdbench_images_per_s']:.0f} | "
                          f"{row['torchvision_images_per_s']:.0f} | {row['ratio']:.2f} | {row['max_load_before']:.2f} "
-                         f"| {_cores(row['max_other_cores'])} |")
+                         f"| {_cores(row['max_other_cores'])} | {row['reruns']} |")
     if result["step"]:
         first = result["step"][0]
         data_note = (f"{setup['step_workers']} loader workers (the same kdbench loader for both loops)"
@@ -416,12 +441,12 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{first['steps']} steps per run, {data_note}, median of {setup['repeats']} interleaved pairs "
                   "(A B, B A, …).", "",
                   "| variant | kdbench loop (images/s) | bare loop (images/s) | kdbench / bare | pair ratios | load "
-                  "| others |", "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+                  "| others | reruns |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
         for row in result["step"]:
             pairs = " ".join(f"{r:.3f}" for r in row["pair_ratios"])
             lines.append(f"| {row['variant']} | {row['kdbench_images_per_s']:.1f} | {row['bare_images_per_s']:.1f} "
                          f"| {row['ratio']:.3f} | {pairs} | {row['max_load_before']:.2f} | "
-                         f"{_cores(row['max_other_cores'])} |")
+                         f"{_cores(row['max_other_cores'])} | {row['reruns']} |")
     skipped = result.get("skipped_variants")
     if skipped:
         lines += ["", f"Not measured on {setup['device']}: {', '.join(skipped)} (pass --variants to measure them)."]
@@ -450,6 +475,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--step-workers", type=int, help="loader workers for the step table (default: CPUs - 1)")
     parser.add_argument("--step-data", choices=("loader", "memory"), default="loader",
                         help="step batches from the kdbench loader (default) or replayed from device memory")
+    parser.add_argument("--busy-cores", type=float, default=0.3,
+                        help="measure a run (a loader row, a step pair) again when other processes used more cores")
+    parser.add_argument("--busy-retries", type=int, default=3, help="at most this many times")
     parser.add_argument("--no-loader", action="store_true", help="skip table 1")
     parser.add_argument("--no-step", action="store_true", help="skip table 2")
     parser.add_argument("--quick", action="store_true",
@@ -498,7 +526,8 @@ def main() -> None:
             "setup": {"device": str(device), "cpus": usable_cpus(), "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "batch": args.batch, "seconds": args.seconds,
                       "loader_repeats": args.loader_repeats, "repeats": args.repeats,
-                      "step_workers": args.step_workers, "step_data": args.step_data},
+                      "step_workers": args.step_workers, "step_data": args.step_data,
+                      "busy_cores": args.busy_cores},
             "loader": [] if args.no_loader else loader_table(train_root, files, args, device),
             "step": [] if args.no_step else step_table(files, bundle_for(files, classes), args, device),
             "skipped_variants": [] if args.no_step else args.skipped_variants,
