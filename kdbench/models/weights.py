@@ -1,8 +1,8 @@
 """Weights from files: a state dict read from a weight file and fitted to a kdbench model, or a one-line error.
 
-``state_dict_from_file(path, model)`` reads ``path`` with ``torch.load(..., map_location="cpu",
-weights_only=True)`` (tensors and plain containers only: unpickling never runs code from the file) and returns a
-state dict with exactly ``model.state_dict()``'s keys and shapes, ready for ``model.load_state_dict``. It accepts:
+``state_dict_from_file(path, model)`` reads ``path`` with torch.load, weights_only=True, on the CPU (tensors
+and plain containers only: unpickling never runs code from the file) and returns a state dict with exactly
+``model.state_dict()``'s keys and shapes, ready for ``model.load_state_dict``. It accepts:
 
 * a plain state dict (``torch.save(model.state_dict(), path)``; torchvision's and timm's weight files);
 * a checkpoint holding it under ``"state_dict"`` or ``"model"`` beside other entries (RepDistiller's and
@@ -39,7 +39,8 @@ STATE_DICT_ENTRIES = ("state_dict", "model")  # where checkpoints keep the weigh
 
 _CONVERT_HELP = (
     "if you trust the file, re-save its weights once as a state dict: "
-    "obj = torch.load(path, weights_only=False); torch.save(obj.state_dict(), new_path) for a whole model, "
+    "load it once with torch.load and weights_only=False, then torch.save(obj.state_dict(), new_path) for a whole "
+    "model, "
     "or torch.save(obj['model'], new_path) for a checkpoint dict (whichever entry holds the state dict)"
 )
 
