@@ -84,7 +84,7 @@ class _EpochBatches:
         rank, world = self.shard
         for batch in self.global_batches():
             lo, hi = shard_bounds(len(batch), rank, world)
-            yield [(int(i), self.epoch) for i in batch[lo:hi]]
+            yield [(index, self.epoch) for index in batch[lo:hi].tolist()]  # tolist: one call, not one per image
 
     def __len__(self) -> int:
         return len(self.global_batches())
