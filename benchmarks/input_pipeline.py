@@ -8,8 +8,13 @@ timed; a row runs for at least ``--seconds``. The file list is repeated so that 
 
 Table 2 (step): resnet18 at 224 px, cross-entropy, SGD, through kdbench's loop (assemble_training with method
 "vanilla" + train_epoch(max_steps=N)) and through a bare loop (forward, CE, backward, step) on the same batches
-(the same kdbench loader), timed alternately in this process; the median of ``--repeats`` pairs. Variants:
-fp32, channels_last, bf16 autocast, torch.compile (recipe fields, applied by prepare_model).
+(the same kdbench loader, or with ``--step-data memory`` the same batches replayed from the device, which leaves
+the loops alone when the loader bounds the step), timed alternately in this process; the median of
+``--repeats`` pairs. Variants: fp32, channels_last, bf16 autocast, torch.compile (recipe fields, applied by
+prepare_model).
+
+Every run records the 1-minute load average before it and the CPU cores that other processes used during it;
+a run during which others used more than ``--busy-cores`` is measured again (``--busy-retries``).
 
 By default the data is a synthetic ImageFolder written to a temporary folder: smooth-noise JPEGs of about
 500×375 pixels at quality 90 (about 100 KB each, like ImageNet's). ``--root`` reads a real one (its train/).
@@ -17,6 +22,7 @@ By default the data is a synthetic ImageFolder written to a temporary folder: sm
     python benchmarks/input_pipeline.py --quick                     # a few minutes on a 2-core CPU
     python benchmarks/input_pipeline.py --json results/benchmarks/input_pipeline.json
     python benchmarks/input_pipeline.py --device cuda --root /data/imagenet --workers 0 4 8 16
+    python benchmarks/input_pipeline.py --device cuda --no-loader --step-data memory
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from kdbench.config import Recipe
 from kdbench.data import DataBundle, FileImageSet, train_batches
@@ -115,7 +121,11 @@ def _cpu_snapshot() -> tuple[float, int, int] | None:
 
 
 class OtherCpu:
-    """Cores that other processes (and the hypervisor's steal) kept busy while the block ran; None off Linux."""
+    """Cores that other processes (and the hypervisor's steal) kept busy while the block ran; None off Linux.
+
+    This process and its live descendants (DataLoader workers) are "ours"; a child that exits inside the block
+    would count as another process, so the blocks here keep their workers alive until they end.
+    """
 
     def __enter__(self) -> OtherCpu:
         self.cores: float | None = None
@@ -158,19 +168,18 @@ def write_synthetic_folder(root: Path, classes: int, per_class: int, seed: int =
     return root
 
 
-def folder_facts(train_root: Path) -> dict[str, Any]:
-    """Images, classes and mean JPEG size (KB) of an ImageFolder's train/."""
+def file_set(train_root: Path, at_least: int) -> tuple[FileImageSet, list[str], dict[str, Any]]:
+    """The folder as a FileImageSet whose file list is repeated to hold at least ``at_least`` images.
+
+    Also its class names and facts: images, classes and mean JPEG size (KB, from up to 200 files).
+    """
     paths, targets, classes = scan_image_folder(train_root)
     sample = paths[:: max(1, len(paths) // 200)]
     mean_kb = statistics.fmean((train_root / p.decode()).stat().st_size for p in sample) / 1000
-    return {"images": len(paths), "classes": len(classes), "mean_kb": round(mean_kb, 1)}
-
-
-def file_set(train_root: Path, at_least: int) -> tuple[FileImageSet, list[str]]:
-    """The folder as a FileImageSet whose file list is repeated to hold at least ``at_least`` images."""
-    paths, targets, classes = scan_image_folder(train_root)
+    facts = {"images": len(paths), "classes": len(classes), "mean_kb": round(mean_kb, 1)}
     copies = max(1, -(-at_least // len(paths)))
-    return FileImageSet(train_root, np.tile(paths, copies), targets.repeat(copies), IMAGE_SIZE), classes
+    files = FileImageSet(train_root, np.tile(paths, copies), targets.repeat(copies), IMAGE_SIZE)
+    return files, classes, facts
 
 
 def bundle_for(files: FileImageSet, classes: list[str]) -> DataBundle:
@@ -211,14 +220,18 @@ def kdbench_stream(files: FileImageSet, batch: int, workers: int, device: torch.
     return batches(0)
 
 
-def torchvision_stream(train_root: Path, batch: int, workers: int, device: torch.device,
-                       length: int) -> Iterator[Any]:
-    """A plain torchvision pipeline over the same folder: float32 normalised in the workers, then to the device."""
+def torchvision_folder(train_root: Path) -> Dataset:
+    """torchvision's ImageFolder of the folder with the usual training transforms (float32, normalised)."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.RandomResizedCrop(IMAGE_SIZE), transforms.RandomHorizontalFlip(),
                                     transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    dataset = datasets.ImageFolder(str(train_root), transform=transform)
+    return datasets.ImageFolder(str(train_root), transform=transform)
+
+
+def torchvision_stream(dataset: Dataset, batch: int, workers: int, device: torch.device,
+                       length: int) -> Iterator[Any]:
+    """A plain DataLoader over ``dataset`` (``length`` images drawn without replacement per pass), to the device."""
     sampler = RandomSampler(dataset, num_samples=length, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
                         pin_memory=device.type == "cuda")
@@ -226,14 +239,14 @@ def torchvision_stream(train_root: Path, batch: int, workers: int, device: torch
         yield images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
-def loader_row(pipeline: str, train_root: Path, files: FileImageSet, workers: int, args: argparse.Namespace,
+def loader_row(pipeline: str, folder: Dataset, files: FileImageSet, workers: int, args: argparse.Namespace,
                device: torch.device) -> dict[str, Any]:
     """One timed row of table 1; the stream and its workers are gone when it returns."""
     load = load_average()
     if pipeline == "kdbench":
         stream = kdbench_stream(files, args.batch, workers, device)
     else:
-        stream = torchvision_stream(train_root, args.batch, workers, device, len(files))
+        stream = torchvision_stream(folder, args.batch, workers, device, len(files))
     try:
         images, seconds, others = time_stream(stream, device, args.seconds, args.max_batches)
     finally:
@@ -270,12 +283,13 @@ def loader_table(train_root: Path, files: FileImageSet, args: argparse.Namespace
                  device: torch.device) -> list[dict[str, Any]]:
     """Table 1: per worker count, kdbench and torchvision rows, ``--loader-repeats`` times; the median of each."""
     rows = []
+    folder = torchvision_folder(train_root)
     for workers in args.workers:
         runs: dict[str, list[dict[str, Any]]] = {"kdbench": [], "torchvision": []}
         for repeat in range(args.loader_repeats):
             order = ("kdbench", "torchvision") if repeat % 2 == 0 else ("torchvision", "kdbench")
             for pipeline in order:
-                measure = functools.partial(loader_row, pipeline, train_root, files, workers, args, device)
+                measure = functools.partial(loader_row, pipeline, folder, files, workers, args, device)
                 runs[pipeline].append(retry_while_busy(measure, args))
         kd = statistics.median(r["images_per_s"] for r in runs["kdbench"])
         tv = statistics.median(r["images_per_s"] for r in runs["torchvision"])
@@ -519,8 +533,8 @@ def main() -> None:
         else:
             root, source = args.root.expanduser().resolve(), str(args.root)
         train_root = root / "train"
-        facts = folder_facts(train_root) | {"source": source}
-        files, classes = file_set(train_root, args.batch * (args.max_batches + 2))
+        files, classes, facts = file_set(train_root, args.batch * (args.max_batches + 2))
+        facts["source"] = source
         result: dict[str, Any] = {
             "data": facts,
             "setup": {"device": str(device), "cpus": usable_cpus(), "threads": torch.get_num_threads(),
