@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import os
 import re
-import sys
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdbench.clusterconf import ClusterConfig
+from kdbench.config_errors import ConfigError, validation_lines
 from kdbench.data.spec import DatasetSpec, LongTailSpec
+from kdbench.plugins import import_plugins
 from kdbench.recipe import Recipe, RecipeOverride
 
 __all__ = [
@@ -37,10 +34,6 @@ __all__ = [
     "load_grid",
     "parse_grid",
 ]
-
-
-class ConfigError(ValueError):
-    """Bad input: each line names the field, the bad value and what is allowed."""
 
 
 class ModelChoice(BaseModel):
@@ -373,105 +366,6 @@ class GridConfig(BaseModel):
         return self
 
 
-def _format_location(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in ("function-after", "function-before", "function-plain", "function-wrap"):
-            continue
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _format_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as ``Model``, ``Model | None`` or ``list[Model]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for argument in typing.get_args(annotation):
-        if (model := _model_in(argument)) is not None:
-            return model
-    return None
-
-
-def _allowed_fields(root: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model that holds ``loc``'s last part (list indices and dict keys skipped)."""
-    model: type[BaseModel] | None = root
-    for part in loc[:-1]:
-        if model is None:
-            return []
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is not None:
-            model = _model_in(field.annotation)
-    return sorted(model.model_fields) if model is not None else []
-
-
-def _validation_lines(error: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
-    from kdbench.registry import closest_match_hint
-
-    lines = []
-    for item in error.errors(include_url=False):
-        location = _format_location(tuple(p for p in item["loc"] if not str(p).startswith("function-")))
-        message = item["msg"].removeprefix("Value error, ")
-        if message.startswith(("datasets[", "pairs[", "methods[", "override")):
-            lines.append(message)  # the validator already named the entry
-        elif item["type"] in ("missing",):
-            lines.append(f"{location}: required field is missing")
-        elif item["type"] == "extra_forbidden":
-            allowed = _allowed_fields(root, item["loc"]) if root is not None else []
-            hint = (f"{closest_match_hint(str(item['loc'][-1]), allowed)}; allowed: {', '.join(allowed)}"
-                    if allowed else "")
-            lines.append(f"{location}: unknown field{hint}")
-        elif (isinstance(item.get("input"), (str, int, float, bool, list)) and f"'{item['input']}'" not in message
-              and not message.startswith(f"{item['loc'][-1]} = ")):  # the validator named the value already
-            lines.append(f"{location} = {_format_value(item['input'])}: {message}")
-        else:
-            lines.append(f"{location}: {message}")
-    return lines
-
-
-def import_plugins(plugins: Any, base_dir: Path) -> list[str]:
-    """Import each plugin (a Python file relative to ``base_dir``, or a module name) so it can register.
-
-    Returns the plugins with files made absolute, so that worker processes can import them again.
-    """
-    if not plugins:
-        return []
-    if not isinstance(plugins, list):
-        raise ConfigError(f"plugins = {_format_value(plugins)}: must be a list of Python files or module names")
-    resolved = []
-    for index, plugin in enumerate(plugins):
-        try:
-            if str(plugin).endswith(".py"):
-                path = (base_dir / os.path.expanduser(str(plugin))).resolve()
-                if not path.is_file():
-                    raise ConfigError(f"plugins[{index}] = '{plugin}': no such file ({path})")
-                resolved.append(str(path))
-                module_name = f"kdbench_plugin_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
-                if module_name in sys.modules:
-                    continue
-                spec = importlib.util.spec_from_file_location(module_name, path)
-                assert spec is not None and spec.loader is not None
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-            else:
-                resolved.append(str(plugin))
-                importlib.import_module(str(plugin))
-        except ConfigError:
-            raise
-        except Exception as error:  # a plugin's own failure must still be one clear line
-            reason = f"{type(error).__name__}: {error}"
-            raise ConfigError(f"plugins[{index}] = '{plugin}': import failed: {reason}") from None
-    return resolved
-
-
 def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = None,
                data_root: str | None = None) -> GridConfig:
     """Validate a grid given as a mapping; import its plugins first. Raise ConfigError on bad input."""
@@ -492,7 +386,7 @@ def parse_grid(raw: Any, *, default_name: str = "grid", base_dir: Path | None = 
     try:
         return GridConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("\n".join(_validation_lines(error, GridConfig))) from None
+        raise ConfigError("\n".join(validation_lines(error, GridConfig))) from None
 
 
 def _expand_weights(pair: Any, base_dir: Path) -> Any:

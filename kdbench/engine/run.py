@@ -18,8 +18,8 @@ from torch import nn
 
 import kdbench.methods  # noqa: F401  (registers the built-in methods in any worker process)
 from kdbench.codeid import code_identity, stale_reasons
-from kdbench.config import Recipe, import_plugins
-from kdbench.data import DataBundle, build_data, eval_batches
+from kdbench.config import import_plugins
+from kdbench.data import DataBundle
 from kdbench.data.batches import check_shardable
 from kdbench.data.loaders import EvalBatches
 from kdbench.data.streaming import default_workers
@@ -46,7 +46,6 @@ from kdbench.engine.distributed import (
     init_distributed,
 )
 from kdbench.engine.environment import (
-    autocast_for,
     configure_device,
     configure_threads,
     peak_memory_bytes,
@@ -54,11 +53,12 @@ from kdbench.engine.environment import (
     provenance,
 )
 from kdbench.engine.evaluate import evaluate
-from kdbench.engine.given_weights import load_given_weights
+from kdbench.engine.given_weights import evaluate_given_teacher
 from kdbench.engine.loop import train_epoch
+from kdbench.engine.run_data import build_run_data, run_eval_batches
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from kdbench.faults import failpoint
-from kdbench.models import build_model, model_info
+from kdbench.models import build_model
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import remove_temp_files
 from kdbench.tracking.corrupt import set_aside
@@ -310,9 +310,9 @@ class _Setup:
 def _setup(job: RunJob, device: torch.device, ranks: DistInfo) -> _Setup:
     spec, recipe = job.spec, job.spec.recipe
     seed_everything(spec.seed)
-    data = _build_data(spec)
+    data = build_run_data(spec)
     workers = job.loader_workers if job.loader_workers is not None else default_workers()
-    test_batches, val_batches = _eval_batches(data, recipe, device, ranks, workers)
+    test_batches, val_batches = run_eval_batches(data, recipe, device, ranks, workers)
     student = prepare_model(build_model(spec.arch, data.num_classes, **spec.arch_kwargs), device, recipe)
     teacher, teacher_info = (load_teacher(spec, job.runs_root, data.num_classes, device)
                              if spec.teacher is not None else (None, None))
@@ -324,20 +324,6 @@ def _setup(job: RunJob, device: torch.device, ranks: DistInfo) -> _Setup:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(parts.optimizer, milestones=list(recipe.milestones),
                                                      gamma=recipe.gamma)
     return _Setup(data, test_batches, val_batches, student, teacher_info, parts, scheduler)
-
-
-def _build_data(spec: RunSpec) -> DataBundle:
-    info = model_info(spec.arch, **spec.arch_kwargs)
-    return build_data(spec.dataset, spec.dataset.image_size or info.input_size, info.in_channels)
-
-
-def _eval_batches(data: DataBundle, recipe: Recipe, device: torch.device, ranks: DistInfo,
-                  workers: int) -> tuple[EvalBatches, EvalBatches | None]:
-    args = dict(mean=data.mean, std=data.std, device=device, shard=(ranks.rank, ranks.world_size), workers=workers,
-                channels_last=recipe.channels_last)
-    test = eval_batches(data.test.to(device), recipe.eval_batch_size, **args)
-    val = eval_batches(data.val.to(device), recipe.eval_batch_size, **args) if data.val is not None else None
-    return test, val
 
 
 def _apply_checkpoint(checkpoint: dict[str, Any], built: _Setup) -> _State:
@@ -385,7 +371,7 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
     configure_device(device)
     ranks = init_distributed(device)
     if spec.weights is not None:
-        return _evaluate_given_teacher(job, observers, device, ranks)
+        return evaluate_given_teacher(job, observers, device, ranks, _base_record(job))
     if ranks.distributed:
         check_shardable(recipe.batch_size, ranks.world_size)
     built, state = _resume(job, device, ranks)
@@ -440,40 +426,6 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         **_base_record(job),
     )
     return record
-
-
-def _evaluate_given_teacher(job: RunJob, observers: list[RunObserver], device: torch.device,
-                            ranks: DistInfo) -> RunRecord:
-    """A teacher given by weights: load them, evaluate on test (and validation), keep them as the run's model.pt."""
-    spec, recipe = job.spec, job.spec.recipe
-    assert spec.weights is not None
-    started = time.perf_counter()
-    data = _build_data(spec)
-    workers = job.loader_workers if job.loader_workers is not None else default_workers()
-    test_batches, val_batches = _eval_batches(data, recipe, device, ranks, workers)
-    model = build_model(spec.arch, data.num_classes, **spec.arch_kwargs)
-    state, weights_info = load_given_weights(spec.weights, spec.arch, model)
-    model.load_state_dict(state)
-    model = prepare_model(model, device, recipe)
-    for observer in observers:
-        observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
-                          spec.model_dump(mode="json"), 0)
-    eval_args = dict(num_classes=data.num_classes, device=device, autocast=autocast_for(recipe, device), dist=ranks)
-    final = evaluate(model, test_batches, **eval_args)
-    final_val = evaluate(model, val_batches, **eval_args) if val_batches is not None else None
-    log.info("%s%s | evaluated: test %.2f%s", job.label, spec.describe(), final.top1,
-             f" val {final_val.top1:.2f}" if final_val is not None else "")
-    if ranks.is_main:
-        save_atomic(state, job.run_dir / MODEL_NAME)
-    return RunRecord(
-        status="done", num_classes=data.num_classes, class_counts=list(data.class_counts), final=final,
-        final_val=final_val, student_params=sum(p.numel() for p in model.parameters()), extra_params=0,
-        peak_memory_bytes=peak_memory_bytes(device),
-        model_sha256=file_sha256(job.run_dir / MODEL_NAME) if ranks.is_main else None,
-        provenance=provenance(device) | {"train_seconds": 0.0, "eval_seconds": time.perf_counter() - started,
-                                         "weights": weights_info},
-        **_base_record(job),
-    )
 
 
 def _indices_digest(data: DataBundle) -> str:
