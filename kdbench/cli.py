@@ -50,6 +50,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="COLS", default="dataset,pair,method",
                         help="comma-separated cell columns of every table (default dataset,pair,method)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report)")
+    parser.add_argument("--focus", metavar="METHOD", help="the method under study, compared with each other method "
+                                                        "in the last table (default: trg when the grid has it)")
 
 
 def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
                                             "many/medium/few, accuracy against ρ, training curves")
     _add_plot_arguments(plot)
-    commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods = commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods.add_argument("--markdown", action="store_true", help="print docs/methods.md: every method's loss, "
+                                                                "defaults, needs and source, from its code")
     commands.add_parser("models", help="list the registered models")
     return parser
 
@@ -275,6 +279,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for note in report.notes:
             print(note)
     print(f"\nwrote {len(report.written)} files under {report.written[0].parent}" if report.written else "")
+    html = [path for path in report.written if path.suffix == ".html"]
+    if html:
+        print(f"HTML report: {html[0]}")
     return EXIT_OK
 
 
@@ -288,7 +295,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_methods(_: argparse.Namespace) -> int:
+def _cmd_methods(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from kdbench.docs import methods_markdown
+
+        print(methods_markdown(), end="")
+        return EXIT_OK
     import kdbench.methods  # noqa: F401
     from kdbench.loss import METHODS
 

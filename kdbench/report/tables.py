@@ -1,4 +1,4 @@
-"""The four report tables (PROTOCOL.md): main comparison, per-class, head/medium/tail, cost.
+"""The four report tables (docs/protocol.md): main comparison, per-class, head/medium/tail, cost.
 
 Each builder takes :class:`~kdbench.report.frames.ReportFrames` (already filtered) and returns a :class:`Table`:
 ``data`` holds the numbers (CSV), ``display`` the formatted cells (terminal, LaTeX), ``notes`` what a reader must
