@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kdbench.codeid import stale_reasons
 from kdbench.config import ConfigError, GridConfig
+from kdbench.cpus import local_workers
 from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
@@ -166,7 +167,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
     # Launched as N processes (torchrun, srun): every rank walks the same runs in the same order and trains each
     # together; only rank 0 writes the grid's files (the engine does the same for each run).
     ranks = dist_info_from_env()
-    if ranks.distributed and (executor or grid.executor.kind) == "local" and grid.executor.workers > 1:
+    workers = pool_size(grid, device)
+    if ranks.distributed and (executor or grid.executor.kind) == "local" and workers > 1:
         raise ConfigError(f"executor.workers={grid.executor.workers}: a grid launched as {ranks.world_size} "
                           "processes trains each run on all of them; allowed: workers: 1")
     paths, planned = plan_grid(grid, results_root)
@@ -190,7 +192,7 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                       tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
                       label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun,
                       loader_workers=(grid.executor.loader_workers if grid.executor.loader_workers is not None
-                                      else default_workers(grid.executor.workers)))
+                                      else default_workers(workers)))
 
     retrained: set[str] = set()
     for stage in ("teacher", "student"):
@@ -208,7 +210,7 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                     else f"teacher {teacher_state[0]}")
                 continue
             jobs.append(job_for(spec, f"[{next(counter, '+')}/{total}] "))
-        results = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)
+        results = _execute(jobs, executor or grid.executor.kind, workers, paths)
         try:
             for result in results:
                 if isinstance(result, RunBusy):
@@ -258,6 +260,16 @@ def _stale_by_new_teacher(planned: list[PlannedRun], retrained: set[str], runs_r
             specs.append(run.spec)
             outcome.skipped_done -= 1
     return specs
+
+
+def pool_size(grid: GridConfig, device: str | None = None) -> int:
+    """The local executor's process count: ``executor.workers``, with ``auto`` resolved for the run's device."""
+    kind = device or grid.executor.device
+    if kind == "auto":
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_workers(grid.executor.workers, kind)
 
 
 def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord | RunBusy]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
+from kdbench.report.focus import focus_method, focus_table
 from kdbench.report.frames import ReportFrames, frames_from_records
 from kdbench.report.groups import GroupRule
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
@@ -205,11 +206,13 @@ class Report:
         return "\n\n".join(parts)
 
 
-def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Report:
+def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
+                 focus: str | None = None) -> Report:
     """Every table of ``frames``; ReportError when there is no finished run or the group rule cannot split.
 
     The head/medium/tail table is skipped (with the reason) when every dataset is balanced; a long-tailed
-    dataset the rule leaves in one group is an error.
+    dataset the rule leaves in one group is an error. The method under study (``focus``, default trg when the
+    report has it) gets its comparison table last, so the terminal ends with it.
     """
     if frames.finished().empty:
         failed = int((frames.runs["status"] == "failed").sum())
@@ -224,6 +227,12 @@ def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...
         tables.append(cost_table(frames, group_by))
     else:
         skipped.append("cost table: no finished student runs")
+    studied = focus_method(frames, focus)
+    if studied is not None:
+        if not ((frames.finished()["method"] == studied) & (frames.finished()["stage"] == "student")).any():
+            raise ReportError(f"--focus {studied}: no finished student runs of '{studied}' in this report; "
+                              f"methods: {', '.join(sorted(set(frames.finished()['method'])))}")
+        tables.append(focus_table(frames, studied, group_by))
     return Report(frames.grid, tables, skipped)
 
 
@@ -254,7 +263,7 @@ def run_report(args) -> Report:
     frames = [apply_filters(frames, filters) for frames, _ in loaded]
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
     rule = group_rule(args.group_rule)
-    report = build_tables(combined, rule, group_by)
+    report = build_tables(combined, rule, group_by, getattr(args, "focus", None))
     tuned = read_tuning_file(sources[0].grid_dir)
     if tuned:
         from kdbench.report.tuning_table import tuning_table
