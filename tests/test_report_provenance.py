@@ -14,7 +14,7 @@ from kdbench.recipe import Recipe
 from kdbench.report.build import run_report
 from kdbench.report.frames import frames_from_records
 from kdbench.report.groups import RULES
-from kdbench.report.provenance import provenance_tables, report_provenance
+from kdbench.report.provenance import provenance_tables, report_provenance, teachers_table
 from kdbench.report.provenance_text import NOT_RECORDED, RECIPE_ADDED_DEFAULTS, lr_phases, recipe_cells
 from kdbench.report.visual import write_html_report
 from kdbench.runspec import _ADDED_DEFAULTS
@@ -124,6 +124,10 @@ def test_teachers_accuracy_checksums_and_given_weights(tables):
     assert given["test top-1 (%)"] == "80.00" and given["students"] == "none in this report"
     data = tables["config_teachers"].data.set_index("dataset")
     assert data.loc["cifar100", "sha256"] == MODEL_SHA and data.loc["cifar100", "students_other_weights"] == 1
+    # a student of the given teacher: without the teacher's model.pt checksum there is nothing to compare with
+    student = make_record("kd", 0, 60.0, data=dataset(rho=10), teacher_run=_records()[1].run_id)
+    given_row = teachers_table([_records()[1], student]).display.iloc[0]
+    assert given_row["students"] == f"1 run, not compared (the teacher's model checksum is {NOT_RECORDED})"
 
 
 def test_code_and_environment_with_a_record_that_predates_provenance(tables):

@@ -208,10 +208,18 @@ def teachers_table(runs: Sequence[Run]) -> Table:
             dataset, arch, seed = students[0][0].dataset, infos[0].arch, None
             top1, digest = infos[0].top1, infos[0].sha256
             weights = "its record is not in this report (from its students' records)"
-        mismatched = [info for info in infos if digest and info.sha256 != digest]
-        check = ("none in this report" if not infos else f"{runs_word(len(infos))}, "
-                 + (f"{len(mismatched)} used other weights (sha256 {short_sha(mismatched[0].sha256)})"
-                    if mismatched else "checksum matches"))
+        # students record the checksum of the teacher's model.pt (a given file's own checksum is another file's)
+        loaded = record.model_sha256 if record is not None else digest
+        mismatched = [info for info in infos if loaded and info.sha256 != loaded]
+        if not infos:
+            check = "none in this report"
+        elif not loaded:
+            check = f"{runs_word(len(infos))}, not compared (the teacher's model checksum is {NOT_RECORDED})"
+        elif mismatched:
+            check = (f"{runs_word(len(infos))}, {len(mismatched)} used other weights "
+                     f"(sha256 {short_sha(mismatched[0].sha256)})")
+        else:
+            check = f"{runs_word(len(infos))}, checksum matches"
         rows.append({"grid": key[0], "dataset": dataset, "teacher": arch, "run_id": key[1], "seed": seed,
                      "weights": weights, "top1": top1, "sha256": digest, "students": len(infos),
                      "students_other_weights": len(mismatched)})
