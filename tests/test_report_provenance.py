@@ -166,6 +166,9 @@ def test_two_grids_are_told_apart():
     tables = {table.name: table for table in provenance_tables(records)}
     assert list(tables["config_environment"].display.columns) == ["setting", "a", "b"]
     assert tables["config_methods"].display["grid"].tolist() == ["a", "b"]
+    reversed_order = {t.name: t for t in provenance_tables(records[::-1])}  # the report's first grid comes first
+    assert reversed_order["config_methods"].display["grid"].tolist() == ["b", "a"]
+    assert list(reversed_order["config_environment"].display.columns) == ["setting", "b", "a"]
     assert list(tables["config_recipe"].display.columns) == ["setting", "a: students (1 run)", "b: students (1 run)"]
 
 

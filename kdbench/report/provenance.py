@@ -89,6 +89,7 @@ def read_views(runs_root: str | Path, run_ids: Iterable[str]) -> list[RecordView
 
 
 def _grids(runs: Sequence[Run]) -> list[str]:
+    """The grids of ``runs`` in the report's order (the first grid's runs come first)."""
     return list(dict.fromkeys(run.grid for run in runs))
 
 
@@ -152,7 +153,8 @@ def methods_table(runs: Sequence[Run]) -> Table:
         params = run.spec.get("params") if "params" in run.spec else None
         by_label.setdefault((run.grid, run.label), {}).setdefault(json.dumps(params, sort_keys=True), []).append(run)
     rows, cells = [], []
-    order = sorted(by_label, key=lambda key: (key[0], _method_key(key[1])))
+    grids = _grids(runs)
+    order = sorted(by_label, key=lambda key: (grids.index(key[0]), _method_key(key[1])))
     for grid, label in order:
         settings = by_label[(grid, label)]
         for key, members in settings.items():
@@ -196,7 +198,8 @@ def teachers_table(runs: Sequence[Run]) -> Table:
         if run.teacher is not None:
             used.setdefault((run.grid, run.teacher.run_id), []).append((run, run.teacher))
     rows, cells = [], []
-    for key in sorted(set(teachers) | set(used)):
+    grids = _grids(runs)
+    for key in set(teachers) | set(used):
         record, students = teachers.get(key), used.get(key, [])
         infos = [info for _, info in students]
         if record is not None:
@@ -227,6 +230,9 @@ def teachers_table(runs: Sequence[Run]) -> Table:
                       "run id": key[1], "weights": weights,
                       "test top-1 (%)": f"{top1:.2f}" if top1 is not None else NOT_RECORDED,
                       "sha256": short_sha(digest), "students": check})
+    order = sorted(range(len(rows)),
+                   key=lambda i: (grids.index(rows[i]["grid"]), rows[i]["dataset"], rows[i]["run_id"]))
+    rows, cells = [rows[i] for i in order], [cells[i] for i in order]
     notes = ["test top-1: the teacher's final-epoch test accuracy; sha256: its model.pt as recorded when it ended "
              "(the given weights' checksum when it was given and no model file was recorded); students: the runs "
              "of this report that distilled from it, and whether the checksum they recorded matches"]
@@ -242,7 +248,8 @@ def data_table(runs: Sequence[Run]) -> Table:
     for run in runs:
         groups.setdefault((run.grid, run.dataset), []).append(run)
     rows, cells = [], []
-    for (grid, variant), members in sorted(groups.items()):
+    grids = _grids(runs)
+    for (grid, variant), members in sorted(groups.items(), key=lambda item: (grids.index(item[0][0]), item[0][1])):
         sources = [dataset_text(run.spec) for run in members]
         images = [sum(run.class_counts) if run.class_counts else None for run in members]
         subset_digests = [run.provenance.get("train_source_indices_sha256") for run in members]
