@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 RUN_ID_TAG = "kdbench.run_id"
 # Every pair a run is listed under in the report (kdbench.pairs): '|teacher->student|' for a distilled student; for
 # a student without a teacher every pair whose student it is, for a teacher every pair it teaches, as
-# '|a->s|b->s|', so `tags."kdbench.pairs" LIKE '%|a->s|%'` finds a pair's runs, its baselines and its teacher.
+# '|a->s|b->s|', so `tags.kdbench.pairs LIKE '%|a->s|%'` finds a pair's runs, its baselines and its teacher.
 PAIRS_TAG = "kdbench.pairs"
 PER_CLASS_ARTIFACT = "per_class.csv"
 # What a report needs beyond params and epoch metrics (kdbench report --from-mlflow), logged when a run ends.
@@ -46,14 +46,6 @@ def record_tags(record: RunRecord) -> dict[str, str]:
 def pairs_tag(pairs: list[str]) -> str:
     """The kdbench.pairs value: the sorted pairs between bars, '|a->s|b->s|' (exact under LIKE '%|a->s|%')."""
     return "|" + "|".join(sorted(set(pairs))) + "|"
-
-
-def known_pairs(record: RunRecord) -> list[str] | None:
-    """The pairs a run is listed under when its record alone tells them: a distilled student's own pair; None for
-    a teacher or a student without one (their pairs depend on the grid's other runs: `kdbench sync` tags them)."""
-    if record.stage == "student" and (record.spec.get("teacher") or {}).get("arch"):
-        return [record.pair]
-    return None
 
 
 def record_metrics(record: RunRecord) -> dict[str, float]:
@@ -212,13 +204,13 @@ def end_status(record: RunRecord) -> str:
 
 def end_tags(record: RunRecord, pairs: list[str] | None = None) -> dict[str, str]:
     """Every tag logged when a run ends: record tags, the failure reason of a failed run, and kdbench.pairs from
-    ``pairs`` (default: :func:`known_pairs`; left out when neither tells them)."""
+    ``pairs`` (kdbench.pairs.pairs_of_records over the grid's records), by default the run's own pair: all that its
+    record alone tells (exact for a distilled student; a teacher's or baseline's pairs depend on the grid's other
+    runs, and the sync that ends `kdbench run`, or `kdbench sync`, sets them)."""
     tags = {key: value[:5000] for key, value in record_tags(record).items()}
     if record.reason:
         tags["kdbench.failure"] = record.reason[:5000]
-    pairs = pairs if pairs is not None else known_pairs(record)
-    if pairs:
-        tags[PAIRS_TAG] = pairs_tag(pairs)[:5000]
+    tags[PAIRS_TAG] = pairs_tag(pairs or [record.pair])[:5000]
     return tags
 
 

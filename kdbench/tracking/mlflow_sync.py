@@ -7,8 +7,9 @@ For each record (done or failed) the newest MLflow run tagged ``kdbench.run_id``
 - one that is not terminated with the record's status, or lacks params, epochs, final metrics, tags or the
   per-class table (a kill between the record write and the MLflow update leaves it RUNNING): what is missing is
   logged and it is terminated;
-- one whose only difference is its ``kdbench.pairs`` tag (the pairs a run is listed under depend on the grid's
-  other runs, so the sink leaves it out for teachers and students without a teacher): the tag is set (re-tagged);
+- one whose only difference is its ``kdbench.pairs`` tag (the pairs a teacher or a student without a teacher is
+  listed under depend on the grid's other runs; the sink, which sees one run, tags it with its own pair): the tag is
+  set (re-tagged);
 - one that agrees: left alone, so a second sync changes nothing.
 
 MLflow runs with no record (a run interrupted before its end, that will resume) are left alone. The logging code is
