@@ -10,6 +10,7 @@ from kdbench.config import ConfigError, GridConfig, MethodEntry, Override, PairC
 from kdbench.data.spec import DatasetSpec
 from kdbench.grid.tuning import Selection, sweep_configs, tuning_recipe
 from kdbench.loss import METHODS
+from kdbench.numfmt import param_text
 from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
 TEACHER_METHOD = "vanilla"
@@ -117,7 +118,7 @@ def _student_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, meth
                      run_id=teacher.run_id) if teacher is not None else None
     label = method.display
     if tuning:
-        label += "[" + ",".join(f"{key}={value}" for key, value in sorted(values.items())) + "]"
+        label += "[" + ",".join(f"{key}={param_text(value)}" for key, value in sorted(values.items())) + "]"
     spec = RunSpec(stage="student", dataset=dataset, arch=pair.student.arch, arch_kwargs=pair.student.kwargs,
                    teacher=ref, method=method.name, params=params, recipe=recipe, seed=seed, label=label,
                    tuning=tuning)

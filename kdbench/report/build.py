@@ -12,6 +12,7 @@ from kdbench.report.errors import ReportError
 from kdbench.report.focus import focus_method, focus_table
 from kdbench.report.frames import ReportFrames, frames_from_records
 from kdbench.report.groups import GroupRule
+from kdbench.report.provenance import PROVENANCE_NAME, provenance_json, report_provenance, section_markdown
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
 from kdbench.tracking.record import RECORD_NAME, RunRecord, read_records
@@ -197,12 +198,17 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    provenance: list[Table] = field(default_factory=list)  # kdbench.report.provenance: configuration and provenance
+    provenance_runs: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
-        """All tables as markdown, then notes on the runs, then what was skipped and why."""
+        """All tables as markdown, then notes on the runs, what was skipped and why, then the configuration and
+        provenance section."""
         parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
         parts += self.notes
         parts += [f"skipped: {reason}" for reason in self.skipped]
+        if self.provenance:
+            parts.append(section_markdown(self.provenance))
         return "\n\n".join(parts)
 
 
@@ -243,6 +249,10 @@ def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...]) 
         raise ReportError(f"--format {','.join(unknown)}: unknown; allowed: {', '.join(FORMATS)}, all")
     for table in report.tables:
         report.written += write_table(table, out_dir, formats)
+    if report.provenance and "csv" in formats:  # the machine-readable configuration and provenance
+        path = Path(out_dir) / PROVENANCE_NAME
+        atomic_write_text(path, provenance_json(report.provenance, report.provenance_runs))
+        report.written.append(path)
     if "terminal" in formats:
         path = Path(out_dir) / "report.md"
         atomic_write_text(path, report.text() + "\n")
@@ -270,6 +280,10 @@ def run_report(args) -> Report:
 
         report.tables.append(tuning_table(tuned))
     report.notes = [note for _, notes in loaded for note in notes]
+    report.provenance, report.provenance_runs, unrecorded = report_provenance(
+        [(source.name, source.runs_root, part.finished()["run_id"]) for source, part in zip(sources, frames,
+                                                                                           strict=True)])
+    report.skipped += unrecorded
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:
         out_dir = out_dir / f"vs-{sources[1].name}"

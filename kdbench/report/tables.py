@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kdbench.pairs import listed_pairs
 from kdbench.report.errors import ReportError
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GROUPS, GroupRule, check_splits
@@ -49,29 +50,30 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def table_runs(frames: ReportFrames) -> pd.DataFrame:
-    """Finished runs placed in the pairs they belong to in a table.
+    """Finished runs placed in the pairs they belong to in a table (:func:`place_runs` of the finished runs)."""
+    return place_runs(frames.finished())
+
+
+def place_runs(done: pd.DataFrame) -> pd.DataFrame:
+    """Runs (rows of the runs frame) once per pair they are listed under (:func:`kdbench.pairs.listed_pairs`).
 
     A student trained without a teacher (e.g. ``vanilla``; one run shared by every pair with that student) is
     repeated in each pair whose student is its architecture, and a teacher run appears as method 'teacher' in each
     pair it teaches; both on the same dataset. Runs with no such pair keep their own pair. ``run_pair`` keeps
     the pair the run was recorded under.
     """
-    done = frames.finished().copy()
+    done = done.copy()
     done["run_pair"] = done["pair"]
-    taught = done[(done["stage"] == "student") & done["teacher_arch"].notna()]
-    pairs = taught[["dataset", "pair", "arch", "teacher_arch"]].drop_duplicates()
-    untaught = done[(done["stage"] == "student") & done["teacher_arch"].isna()]
-    teachers = done[done["stage"] == "teacher"]
+    if done.empty:
+        return done.reset_index(drop=True)
+    listed = listed_pairs(done)
+    placed = done.iloc[listed["row"].to_numpy()].reset_index(drop=True)
+    placed["pair"] = listed["pair"].to_numpy()
     # Teacher runs are labelled 'teacher' (possibly 'teacher [grid]' when two grids are compared).
-    teachers = teachers.assign(method=teachers["method"].where(teachers["method"].str.startswith(TEACHER_LABEL),
-                                                               TEACHER_LABEL))
-    placed = [taught]
-    for runs, join in ((untaught, "arch"), (teachers, "teacher_arch")):
-        targets = pairs[["dataset", "pair", join]].rename(columns={"pair": "_table_pair", join: "arch"})
-        joined = runs.merge(targets.drop_duplicates(), on=["dataset", "arch"], how="left")
-        joined["pair"] = joined["_table_pair"].where(joined["_table_pair"].notna(), joined["pair"])
-        placed.append(joined.drop(columns="_table_pair"))
-    return pd.concat([p for p in placed if not p.empty] or [done.iloc[:0]], ignore_index=True)
+    teachers = placed["stage"] == "teacher"
+    placed.loc[teachers, "method"] = placed.loc[teachers, "method"].where(
+        placed.loc[teachers, "method"].str.startswith(TEACHER_LABEL), TEACHER_LABEL)
+    return placed
 
 
 def _format_mean_std(mean: pd.Series, std: pd.Series, n: pd.Series, flag: bool = True) -> pd.Series:
