@@ -191,7 +191,10 @@ def _run(args: argparse.Namespace) -> int:
 
             for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
                 print(f"warning: {warning}")
-        _print_dry_run(grid, planned, cells, args.rerun, args.verbose)
+        from kdbench.grid.plan_summary import dry_run_lines
+
+        for line in dry_run_lines(grid, planned, cells, args.rerun, args.verbose):
+            print(line)
         return EXIT_OK
     if (args.executor or grid.executor.kind) == "slurm":
         from kdbench.cli_slurm import run_on_slurm
@@ -225,24 +228,6 @@ def _run(args: argparse.Namespace) -> int:
     if outcome.failed_remaining and not outcome.failed:
         print(f"{outcome.failed_remaining} runs of this grid have failed (use --rerun failed)")
     return EXIT_RUNS_FAILED if outcome.failed_remaining or outcome.blocked else EXIT_OK
-
-
-def _print_dry_run(grid: GridConfig, planned: list, cells: list, rerun: list[str], verbose: bool) -> None:
-    """The summary table with estimated GPU-hours; with ``verbose``, every run (and its estimate) too."""
-    from kdbench.estimate import CostModel, measured_rates
-    from kdbench.grid.expand import awaiting_final_specs
-    from kdbench.grid.plan_summary import plan_items, run_line, summary_lines
-
-    measured = measured_rates([(run.spec, run.record) for run in planned])
-    waiting = {cell.key for cell in cells if cell.selected is None}
-    items = plan_items(planned, awaiting_final_specs(grid, waiting), CostModel(measured), rerun)
-    print()
-    for line in summary_lines(items, measured):
-        print(line)
-    if verbose:
-        print()
-        for item in items:
-            print(run_line(item))
 
 
 def sync_after_run(grid: GridConfig, paths, grid_file: Path) -> None:

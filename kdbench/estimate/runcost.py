@@ -15,6 +15,7 @@ evaluated once. Data loading, checkpoints, and GPUs kept far below their peak by
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,7 @@ from kdbench.estimate.factors import method_factor
 from kdbench.estimate.flops import forward_flops
 from kdbench.estimate.sizes import dataset_sizes
 from kdbench.runspec import RunSpec
+from kdbench.tracking.record import RunRecord
 
 #: The reference GPU the model's seconds are for, and the effective training throughput assumed for it: an
 #: assumption, not a measurement (about 13% of the A100's 156 TFLOP/s TF32 tensor-core peak; ImageNet-size
@@ -61,18 +63,16 @@ def cost_key(spec: RunSpec) -> CostKey:
     return ("teacher" if spec.stage == "teacher" else "student", label, spec.pair, spec.dataset.variant)
 
 
-def measured_rates(runs: list[tuple[RunSpec, object]]) -> dict[CostKey, MeasuredRate]:
+def measured_rates(runs: Iterable[tuple[RunSpec, RunRecord | None]]) -> dict[CostKey, MeasuredRate]:
     """Per cost cell, the seconds per training epoch of its finished runs (``(spec, record)`` pairs; the report's
     cost table defines seconds per epoch the same way: the mean of a record's epoch seconds)."""
     cells: dict[CostKey, list[tuple[float, int, str]]] = defaultdict(list)
     for spec, record in runs:
-        history = getattr(record, "history", None)
-        if spec.weights is not None or getattr(record, "status", None) != "done" or not history:
+        if spec.weights is not None or record is None or record.status != "done" or not record.history:
             continue
-        images = sum(getattr(record, "class_counts", None) or [])
-        provenance = getattr(record, "provenance", None) or {}
-        device = str(provenance.get("device_name") or provenance.get("device") or "unknown device")
-        cells[cost_key(spec)].append((sum(e.seconds for e in history) / len(history), images, device))
+        device = str(record.provenance.get("device_name") or record.provenance.get("device") or "unknown device")
+        seconds = sum(epoch.seconds for epoch in record.history) / len(record.history)
+        cells[cost_key(spec)].append((seconds, sum(record.class_counts), device))
     return {key: MeasuredRate(sum(s for s, _, _ in found) / len(found), sum(n for _, n, _ in found) / len(found),
                               len(found), tuple(sorted({d for _, _, d in found})))
             for key, found in cells.items()}

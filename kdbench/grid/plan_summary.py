@@ -11,7 +11,17 @@ import textwrap
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from kdbench.estimate.runcost import ASSUMED_TFLOPS, REFERENCE_GPU, CostModel, MeasuredRate, RunCost, cost_key
+from kdbench.config import GridConfig
+from kdbench.estimate.runcost import (
+    ASSUMED_TFLOPS,
+    REFERENCE_GPU,
+    CostModel,
+    MeasuredRate,
+    RunCost,
+    cost_key,
+    measured_rates,
+)
+from kdbench.grid.expand import TuningCell, awaiting_final_specs
 from kdbench.grid.status import PlannedRun
 from kdbench.runspec import RunSpec
 
@@ -208,3 +218,14 @@ def run_line(item: PlanItem) -> str:
     cost = item.cost
     hours = "unknown" if cost.seconds is None else format_hours(cost.seconds, 0, 1)
     return f"  {item.status:<11} {run_id:<16} {item.spec.describe()}  [est. {hours} GPU-h, {cost.basis}]"
+
+
+def dry_run_lines(grid: GridConfig, planned: list[PlannedRun], cells: list[TuningCell], rerun: Collection[str] = (),
+                  verbose: bool = False) -> list[str]:
+    """What `kdbench run --dry-run` prints after the counts: the summary with estimated GPU-hours and, with
+    ``verbose``, one line per run (``cells``: the grid's tuning cells, scored)."""
+    measured = measured_rates((run.spec, run.record) for run in planned)
+    waiting = {cell.key for cell in cells if cell.selected is None}
+    items = plan_items(planned, awaiting_final_specs(grid, waiting), CostModel(measured), rerun)
+    lines = ["", *summary_lines(items, measured)]
+    return lines + ["", *(run_line(item) for item in items)] if verbose else lines
