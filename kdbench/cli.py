@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(run)
     run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the grid's executor")
     run.add_argument("--wait", action="store_true", help="slurm: block with progress lines until all runs ended")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (runs and estimated GPU-hours per stage × method × pair × dataset) and exit")
+    run.add_argument("--verbose", action="store_true", help="with --dry-run: also list every run")
     run.add_argument("--rerun", action="append", choices=["failed", "stale"], default=[],
                      help="also train again the runs that failed, or the done runs trained by other code or teacher "
                           "weights (stale); repeatable")
@@ -101,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> list:
+    return _plan_and_print(grid, results_root, rerun)[1]
+
+
+def _plan_and_print(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> tuple:
+    """Plan the grid and print its counts, stale warnings and tuning lines; return (paths, planned, tuning cells)."""
     from kdbench.grid import plan_grid
+    from kdbench.grid.runner import tuning_selections
     from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
     paths, planned = plan_grid(grid, results_root)
@@ -114,17 +122,19 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
     retraining = "stale" in (rerun or [])
     for line in stale_summary(planned, retraining):
         print(f"{'stale' if retraining else 'warning'}: {line}")
-    for line in tuning_lines(grid, paths):
+    cells = tuning_selections(grid, paths)
+    for line in tuning_lines(grid, paths, cells):
         print(line)
     print(f"results: {paths.grid_dir}")
-    return planned
+    return paths, planned, cells
 
 
-def tuning_lines(grid: GridConfig, paths) -> list[str]:
-    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait."""
+def tuning_lines(grid: GridConfig, paths, cells: list | None = None) -> list[str]:
+    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait
+    (``cells``: the grid's tuning_selections when already read)."""
     from kdbench.grid.runner import tuning_selections
 
-    cells = tuning_selections(grid, paths)
+    cells = tuning_selections(grid, paths) if cells is None else cells
     if not cells or grid.tuning is None:
         return []
     largest = max(len(cell.configs) for cell in cells)
@@ -175,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         from kdbench.config import ConfigError
 
         raise ConfigError("\n".join(f"{args.grid}: {line}" for line in problems))
-    planned = _print_plan(grid, args.results, args.rerun)
+    _, planned, cells = _plan_and_print(grid, args.results, args.rerun)
     for line in problems:
         print(f"not ready: {line} (a real run stops here, before anything is submitted)")
     if args.dry_run:
@@ -185,8 +195,10 @@ def _run(args: argparse.Namespace) -> int:
 
             for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
                 print(f"warning: {warning}")
-        for run in planned:
-            print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
+        from kdbench.grid.plan_summary import dry_run_lines
+
+        for line in dry_run_lines(grid, planned, cells, args.rerun, args.verbose):
+            print(line)
         return EXIT_OK
     if (args.executor or grid.executor.kind) == "slurm":
         from kdbench.cli_slurm import run_on_slurm

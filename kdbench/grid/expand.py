@@ -125,6 +125,24 @@ def _student_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, meth
     return spec, teacher
 
 
+def awaiting_final_specs(grid: GridConfig, waiting: set[tuple[str, str, str]]) -> list[RunSpec]:
+    """The final runs of the tuning cells ``waiting`` for their selection ((dataset variant, pair, method) keys),
+    built with each cell's first configuration: what stage 2 will train, for counts and cost estimates only (the
+    selected values, and so the run ids, are not known yet)."""
+    specs = []
+    if grid.tuning is None:
+        return specs
+    for dataset in grid.datasets:
+        for pair in grid.pairs:
+            for method in grid.methods:
+                if (dataset.variant, pair.label, method.display) not in waiting:
+                    continue
+                config = sweep_configs(method, grid.tuning)[0]
+                specs += [_student_spec(grid, dataset, pair, method, seed, config, grid.recipe, False)[0]
+                          for seed in grid.seeds]
+    return specs
+
+
 @dataclass
 class TuningCell(Selection):
     """A Selection with the specs of its tuning runs (per configuration) and each run's teacher run."""

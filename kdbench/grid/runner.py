@@ -18,6 +18,7 @@ from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import TuningCell, expand_grid, tuning_cells
 from kdbench.grid.needs import check_method_needs
+from kdbench.grid.progress import GridProgress
 from kdbench.grid.status import PlannedRun, plan_runs, run_status
 from kdbench.grid.tuning import score_configs, write_selections
 from kdbench.runspec import RunSpec
@@ -186,6 +187,7 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             to_run.append(run)
     total = len(to_run)
     counter = iter(range(1, total + 1))
+    progress = GridProgress(run.spec for run in to_run)
 
     def job_for(spec: RunSpec, label: str) -> RunJob:
         return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
@@ -199,11 +201,13 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
         specs = [r.spec for r in to_run if r.spec.stage == stage]
         if stage == "student" and "stale" in rerun and retrained:
             specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
+            progress.add(specs)
         jobs = []
         for spec in specs:
             teacher_state = run_status(paths.runs_root / spec.teacher.run_id) if spec.teacher is not None else None
             if teacher_state is not None and teacher_state[0] != "done":
                 outcome.blocked.append(spec)
+                progress.drop(spec.run_id)
                 holder = teacher_state[2]
                 outcome.blocked_because[spec.run_id] = (
                     f"teacher running elsewhere: {holder.describe()}; run again when it ends" if holder is not None
@@ -215,13 +219,16 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             for result in results:
                 if isinstance(result, RunBusy):
                     outcome.busy.append(result)
+                    progress.drop(result.run_id)
                     log.info("skipped: %s", result.describe())
                     continue
                 outcome.ran.append(result)
                 retrained.add(result.run_id)
+                progress.finish(result.run_id, failed=result.status != "done")
                 log.info("%s %s: %s%s", "done" if result.status == "done" else "FAILED", result.run_id,
                          f"{result.label} {result.pair} {result.dataset} seed {result.seed}",
                          f" top1 {result.final.top1:.2f}" if result.final else f" ({result.reason})")
+                log.info("%s", progress.line())
         except ResourceError as error:
             outcome.resource_error = error
             outcome.not_started = max(0, total - len(outcome.ran))
