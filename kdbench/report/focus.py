@@ -7,7 +7,7 @@ import pandas as pd
 
 from kdbench.report.frames import ReportFrames
 from kdbench.report.stats import MATCH_COLUMNS, describe, paired_differences
-from kdbench.report.tables import DEFAULT_GROUP_BY, TEACHER_LABEL, Table, _format_mean_std, _sorted, table_runs
+from kdbench.report.tables import DEFAULT_GROUP_BY, TEACHER_LABEL, Table, format_mean_std, sort_rows, table_runs
 
 #: The method under study when a report names none and the grid has it.
 DEFAULT_FOCUS = "trg"
@@ -50,7 +50,7 @@ def focus_differences(frames: ReportFrames, focus: str,
     columns = [*cell, "method", "delta", "delta_ci_low", "delta_ci_high", "delta_n", "p_value"]
     table = table.merge(against[columns], on=[*cell, "method"], how="left")
     table["delta_n"] = table["delta_n"].fillna(0).astype(int)
-    return _sorted(table, [*cell, "method"])
+    return sort_rows(table, [*cell, "method"])
 
 
 def _interval(low: pd.Series, high: pd.Series) -> list[str]:
@@ -68,8 +68,8 @@ def focus_table(frames: ReportFrames, focus: str, group_by: tuple[str, ...] = DE
     cell = [k for k in group_by if k in data.columns and k != "method"]
     display = data[cell].copy()
     display["method"] = data["method"]
-    display["method top-1 (%)"] = _format_mean_std(data["mean"], data["std"], data["n"])
-    display[f"{focus} top-1 (%)"] = _format_mean_std(data["focus_mean"], data["focus_std"], data["focus_n"])
+    display["method top-1 (%)"] = format_mean_std(data["mean"], data["std"], data["n"])
+    display[f"{focus} top-1 (%)"] = format_mean_std(data["focus_mean"], data["focus_std"], data["focus_n"])
     display[f"Δ {focus} − method"] = [f"{d:+.2f}" if np.isfinite(d) else "—" for d in data["delta"].astype(float)]
     display["95% CI of Δ"] = _interval(data["delta_ci_low"].astype(float), data["delta_ci_high"].astype(float))
     display["p"] = _p_text(data["p_value"].astype(float))
