@@ -63,7 +63,7 @@ def test_demo_grid_end_to_end(tmp_path):
     written = {p.name for p in (results / "demo" / "report").iterdir()}
     assert {"main.csv", "main.tex", "head_tail.csv", "per_class.csv", "cost.csv", "report.md"} <= written
     # --format all also writes the HTML page and every plot (PNG + PDF): top-1 x2, rho, groups (rho=10 only),
-    # per-class x2, curves x2
+    # per-class x2, per-class minus vanilla x2, curves x2 (no trg in the demo: no paired-difference plot)
     assert "report.html" in written
     plots = sorted(p.name for p in (results / "demo" / "report" / "plots").glob("*.png"))
-    assert len(plots) == 8 and len(list((results / "demo" / "report" / "plots").glob("*.pdf"))) == 8, plots
+    assert len(plots) == 10 and len(list((results / "demo" / "report" / "plots").glob("*.pdf"))) == 10, plots
