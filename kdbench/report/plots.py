@@ -99,8 +99,11 @@ def title_width(fig: Figure) -> float:
 
 
 def spread_offsets(n: int, width: float) -> np.ndarray:
-    """``n`` x offsets evenly spread over ``width`` (centred on 0): seeds side by side, even when equal in y."""
-    return np.zeros(1) if n <= 1 else np.linspace(-width / 2, width / 2, n)
+    """``n`` distinct x offsets within ``width`` (centred on 0), in an order unrelated to the values they go with
+    (golden-ratio steps), so equal seeds sit side by side and sorted values do not draw a slope."""
+    if n <= 1:
+        return np.zeros(max(n, 0))
+    return ((np.arange(n) * 0.6180339887) % 1.0 - 0.5) * width
 
 
 def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,

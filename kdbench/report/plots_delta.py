@@ -32,7 +32,7 @@ def plot_per_class_delta(rows: pd.DataFrame, facts: dict, colors: dict[str, str]
     columns = 1 if len(methods) <= 4 else 2
     rows_n = max(1, math.ceil(len(methods) / columns))
     positions = int(rows["position"].max()) + 1 if len(rows) else 1
-    width = min(14.0, max(6.5, 3.0 + 0.09 * positions)) * (1 if columns == 1 else 1.6)
+    width = min(16.0, max(6.5, 3.0 + 0.09 * positions) * (1 if columns == 1 else 1.6))
     fig = new_figure(width, 1.7 * rows_n + 1.3)
     axes = fig.subplots(rows_n, columns, squeeze=False, sharex=True, sharey=True).ravel()
     limit = _symmetric_limit(rows["delta"].to_numpy(float))
@@ -59,10 +59,10 @@ def plot_per_class_delta(rows: pd.DataFrame, facts: dict, colors: dict[str, str]
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[len(methods):]:
         ax.set_visible(False)
-    for ax in axes[:len(methods)]:
+    for k, ax in enumerate(axes[:len(methods)]):
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("Δ acc. (pp)")
-        if ax.get_subplotspec().is_last_row() or ax is axes[len(methods) - 1]:
+        if k + columns >= len(methods):  # the lowest panel of its column
             ax.set_xlabel(facts.get("xlabel", "class"))
             ax.tick_params(labelbottom=True)
     ticks = facts.get("ticks")
@@ -111,10 +111,11 @@ def plot_paired_differences(differences: pd.DataFrame, summary: pd.DataFrame, co
     ax.set_ylabel(f"{reference} − method, {value} (pp)")
     ax.set_xlabel("compared method (n = seeds paired with " + reference + ")")
     ax.grid(axis="y", alpha=0.3)
-    spread = np.concatenate([differences["difference"].to_numpy(float), summary["ci_low"].to_numpy(float),
+    spread = np.concatenate([[0.0], differences["difference"].to_numpy(float), summary["ci_low"].to_numpy(float),
                              summary["ci_high"].to_numpy(float)])
-    limit = _symmetric_limit(spread)
-    ax.set_ylim(-limit, limit)
+    low, high = np.nanmin(spread), np.nanmax(spread)
+    margin = max(0.5, 0.08 * (high - low))
+    ax.set_ylim(low - margin, high + margin)  # zero always in view
     ax.text(0.01, 0.98, f"above 0: {reference} better", transform=ax.transAxes, va="top", fontsize="x-small",
             color="#555555")
     lines = [title, f"{reference} minus each method on the same seed; dots: seeds, diamond: mean with 95% "
