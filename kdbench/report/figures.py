@@ -29,6 +29,7 @@ from kdbench.report.deltas import (
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GROUPS, RULES, GroupRule
 from kdbench.report.plots import (
+    DPI,
     method_colors,
     plot_accuracy_vs_rho,
     plot_groups,
@@ -255,7 +256,7 @@ def save_plot(plot: Plot, out_dir: str | Path, formats: tuple[str, ...] = PLOT_F
     fix_layout(plot.figure)
     for fmt in formats:
         path = Path(out_dir) / f"{plot.name}.{fmt}"
-        atomic_write(path, lambda handle, fmt=fmt: plot.figure.savefig(handle, format=fmt, dpi=110))
+        atomic_write(path, lambda handle, fmt=fmt: plot.figure.savefig(handle, format=fmt, dpi=DPI))
         paths[fmt] = path
     # No figure.clear(): clearing re-initialises every Axes (slow), and a pyplot-free Figure is simply freed.
     return SavedPlot(plot.name, plot.kind, plot.caption, paths)

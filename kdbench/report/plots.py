@@ -30,6 +30,8 @@ COUNT_COLOR = "#d9d9d9"
 TEACHER_COLOR = "#8c564b"
 #: Group bars carry their value as text when there are at most this many methods.
 VALUE_LABELS_UP_TO = 6
+#: Resolution of the saved PNGs; figures are made at it, so the layout's text measurements serve the PNG too.
+DPI = 110
 #: A cell shows each seed as a point up to this many seeds; beyond, a min–max bar (thousands of dots say nothing).
 SEED_POINTS_UP_TO = 50
 
@@ -76,7 +78,7 @@ def legend_outside(fig: Figure, axes: Iterable[Axes], methods: Iterable[str], ti
 def new_figure(width: float, height: float) -> Figure:
     """A constrained-layout Figure of this size (inches), not registered with pyplot."""
     # Figure() directly (not pyplot): nothing registered globally, so thousands of figures do not pile up.
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout="constrained", dpi=DPI)
 
 
 def percent_limits(ax: Axes, low: float, high: float) -> None:
@@ -158,7 +160,7 @@ def plot_top1_ci(cells: pd.DataFrame, colors: dict[str, str], title: str,
             ax.scatter(np.array(xs)[few], np.array(ys)[few], s=22, facecolors="white", edgecolors=color,
                        zorder=3, label="_nolegend_", gid="few_seeds")
         if dots_x:
-            ax.scatter(dots_x, dots_y, s=9, color=color, alpha=0.55, linewidths=0, zorder=2, label="_nolegend_",
+            ax.scatter(dots_x, dots_y, s=11, color=color, alpha=0.75, linewidths=0, zorder=2, label="_nolegend_",
                        gid="seeds")
         if ranges:
             collapsed = True
