@@ -10,7 +10,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from report_records import synthetic_records
 
-from kdbench.report.figures import grid_colors, grid_plots, save_plot, slug
+from kdbench.report.figures import fix_layout, grid_colors, grid_plots, save_plot, slug
 from kdbench.report.frames import frames_from_records
 from kdbench.report.plots import (
     FIXED_COLORS,
@@ -241,3 +241,18 @@ def test_top1_plot_draws_the_teacher_of_each_known_pair_only():
     assert segment[0][1] == segment[1][1] == 75.0 and segment[0][0] < 0 < segment[1][0]  # across the first pair
     unknown = plot_top1_ci(cells, COLORS, "t", pd.Series({"elsewhere": 90.0}))
     assert "teacher" not in _legend_labels(unknown)
+
+
+def test_fix_layout_keeps_the_constrained_layout_for_every_format():
+    def positions(fig):
+        return [bound for ax in fig.axes for bound in ax.get_position().bounds]
+
+    laid_out = plot_top1_ci(_cells(), COLORS, "grid: cifar100")
+    laid_out.draw_without_rendering()  # constrained layout, as savefig would run it
+    fixed = plot_top1_ci(_cells(), COLORS, "grid: cifar100")
+    before = positions(fixed)
+    fix_layout(fixed)
+    assert positions(fixed) != pytest.approx(before)  # the layout did move the axes
+    assert positions(fixed) == pytest.approx(positions(laid_out))
+    fixed.draw_without_rendering()  # a later draw (another format) keeps them
+    assert positions(fixed) == pytest.approx(positions(laid_out))
