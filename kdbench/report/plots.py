@@ -253,9 +253,10 @@ def plot_groups(groups: pd.DataFrame, colors: dict[str, str], title: str, rule: 
                error_kw={"elinewidth": 1}, hatch="//" if is_teacher(method) else None,
                edgecolor="white" if is_teacher(method) else None)
         if len(methods) <= VALUE_LABELS_UP_TO:  # the numbers themselves, above the error bar (0 % is no bar)
+            digits = 1 if len(methods) <= 4 else 0  # "100.0" is wider than a bar of five
             for x, mean, std, row in zip(xs, means, stds, rows, strict=True):
                 if row is not None and pd.notna(row["mean"]):
-                    ax.text(x, mean + std + 1.0, f"{mean:.1f}", ha="center", va="bottom", fontsize="x-small")
+                    ax.text(x, mean + std + 1.0, f"{mean:.{digits}f}", ha="center", va="bottom", fontsize="x-small")
     n_classes = groups.drop_duplicates("group").set_index("group")["n_classes"]
     labels = []
     for g in present:

@@ -92,6 +92,10 @@ def plot_training_curves(summary: pd.DataFrame, colors: dict[str, str], title: s
                      label=f"LR drop after epoch {', '.join(map(str, milestones))}")
     legend_outside(fig, axes[:len(panels)], summary["method"])
     shown = "; thin lines: each seed" if seeds is not None and len(seeds) else ""
+    if "n" in summary:
+        counts = summary.groupby("method")["n"].max()
+        low, high = int(counts.min()), int(counts.max())
+        shown += f" ({low}{'' if low == high else f'–{high}'} seed{'' if high == 1 else 's'} per method)"
     lines = [f"{title}: training curves, mean over seeds, band ±1 std (sample){shown}", *(notes or [])]
     fig.suptitle(wrapped(lines, fig.get_figwidth() - 0.4), fontsize="medium")
     return fig
