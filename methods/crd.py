@@ -144,6 +144,7 @@ class CRD(DistillLoss):
         "nce_t": 0.07,
         "nce_momentum": 0.5,
     }
+    term_weights = {"ce": "ce_weight", "crd": "crd_weight"}
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -232,3 +233,4 @@ class CRDKD(PlusKD, CRD):
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"),
                   batch_extras=("index", "contrast_index"))
     defaults: dict[str, Any] = {**CRD.defaults, **KD_TERM_DEFAULTS}
+    term_weights = {**CRD.term_weights, "kd": "kd_weight"}
