@@ -118,7 +118,7 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
 
 def tuning_lines(grid: GridConfig, paths) -> list[str]:
     """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait."""
-    from kdbench.grid.runner import tuning_selections
+    from kdbench.grid.plan import tuning_selections
 
     cells = tuning_selections(grid, paths)
     if not cells or grid.tuning is None:
@@ -245,10 +245,17 @@ def _print_report(runs_root: Path) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from kdbench.grid import grid_paths
+    from kdbench.grid import plan_cache
+
+    with plan_cache.reading():  # the grid and its runs as validated and expanded before: no torch import
+        return _status(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths, plan_cache
     from kdbench.grid.manifest import slurm_root
 
-    grid = load_grid(args.grid, data_root=args.data_root)
+    grid = plan_cache.load_grid(args.grid, data_root=args.data_root)
     if slurm_root(grid_paths(grid, args.results).grid_dir).is_dir():
         from kdbench.cli_slurm import slurm_status
 
@@ -258,17 +265,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if run.status == "running":
             print(f"  running {run.spec.run_id} {run.spec.describe()}: "
                   f"{run.holder.describe() if run.holder else 'holder unknown'}")
-        elif run.status == "failed" and run.record is not None:
-            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.record.reason}")
+        elif run.status == "failed" and run.summary is not None:
+            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.summary.reason}")
         elif run.stale:
             print(f"  stale {run.spec.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
     return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.report.build import run_report
+    from kdbench.grid import plan_cache
 
-    report = run_report(args)
+    with plan_cache.reading():  # a grid file as validated before: no torch import
+        from kdbench.report.build import run_report
+
+        report = run_report(args)
     if args.format in ("terminal", "all"):
         print(report.text())
     else:
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from kdbench.config import ConfigError
+    from kdbench.config_errors import ConfigError  # kdbench.config's, without importing the grid schema yet
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])

@@ -74,6 +74,17 @@ def state_counts(states: list[SlurmRunState]) -> dict[str, Counter]:
     return counts
 
 
+def format_counts(states: list[SlurmRunState]) -> list[str]:
+    """One line per stage: done / running / pending / failed / other counts."""
+    lines = []
+    for stage, counts in state_counts(states).items():
+        main = ("done", "running", "pending", "failed")
+        rest = ", ".join(f"{counts[k]} {k}" for k in sorted(counts) if k not in main)
+        lines.append(f"{stage} runs: {sum(counts.values())} (" + ", ".join(f"{counts[k]} {k}" for k in main)
+                     + (f", {rest}" if rest else "") + ")")
+    return lines
+
+
 def active_job_ids(grid_dir: Path) -> list[str]:
     """Job ids of this grid's runs that Slurm still has queued or running."""
     manifests = read_manifests(grid_dir)

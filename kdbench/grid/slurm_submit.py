@@ -17,10 +17,11 @@ from kdbench.engine import RunJob
 from kdbench.grid.manifest import Manifest, ManifestEntry, slurm_root, write_manifest
 from kdbench.grid.runner import GridPaths, archive_failed, plan_grid, prepare_results, record_tuning
 from kdbench.grid.slurm_cli import cancel_jobs, max_array_size, require_sbatch
-from kdbench.grid.slurm_status import SlurmRunState, slurm_run_states, state_counts
+from kdbench.grid.slurm_status import SlurmRunState, format_counts, slurm_run_states
 from kdbench.grid.slurm_task import SlurmRunTask
 from kdbench.grid.status import PlannedRun, plan_runs
 
+__all__ = ["SlurmSubmission", "format_counts", "submit_grid", "time_limit_warnings", "wait_for_grid"]
 log = logging.getLogger("kdbench")
 SHORT_TIME_LIMIT_MIN = 2
 
@@ -48,7 +49,8 @@ def time_limit_warnings(cluster: ClusterConfig, planned: list[PlannedRun]) -> li
     """Warnings when the time limit looks shorter than one epoch (from finished runs' epoch times) or than 2 min."""
     warnings = []
     limit_s = cluster.time * 60
-    epoch_times = [e.seconds for run in planned if run.record is not None for e in run.record.history]
+    epoch_times = [run.summary.max_epoch_seconds for run in planned
+                   if run.summary is not None and run.summary.max_epoch_seconds is not None]  # from the grid index
     if epoch_times and max(epoch_times) >= limit_s - cluster.signal_delay:
         warnings.append(f"cluster.time = {cluster.time} min: an epoch of this grid took up to {max(epoch_times):.0f}"
                         f" s, more than the time before the requeue signal; runs may never get past an epoch")
@@ -186,25 +188,14 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
     return outcome
 
 
-def format_counts(states: list[SlurmRunState]) -> list[str]:
-    """One line per stage: done / running / pending / failed / other counts."""
-    lines = []
-    for stage, counts in state_counts(states).items():
-        main = ("done", "running", "pending", "failed")
-        rest = ", ".join(f"{counts[k]} {k}" for k in sorted(counts) if k not in main)
-        lines.append(f"{stage} runs: {sum(counts.values())} (" + ", ".join(f"{counts[k]} {k}" for k in main)
-                     + (f", {rest}" if rest else "") + ")")
-    return lines
-
-
 def wait_for_grid(grid: GridConfig, results_root: str | Path | None = None, poll_s: float = 5.0,
                   timeout_s: float | None = None) -> list[SlurmRunState]:
     """Block until no run of the grid is queued or running on Slurm; print a progress line when it changes."""
     started, last = time.monotonic(), None
     paths, planned = plan_grid(grid, results_root)
-    specs = [run.spec for run in planned]
+    specs, run_ids = [run.spec for run in planned], [run.run_id for run in planned]
     while True:
-        planned = plan_runs(specs, paths.runs_root)
+        planned = plan_runs(specs, paths.runs_root, run_ids=run_ids)
         states = slurm_run_states(planned, paths.grid_dir)
         line = " | ".join(format_counts(states))
         if line != last:
