@@ -263,12 +263,12 @@ def _status(args: argparse.Namespace) -> int:
     planned = _print_plan(grid, args.results)
     for run in planned:
         if run.status == "running":
-            print(f"  running {run.spec.run_id} {run.spec.describe()}: "
+            print(f"  running {run.run_id} {run.spec.describe()}: "
                   f"{run.holder.describe() if run.holder else 'holder unknown'}")
         elif run.status == "failed" and run.summary is not None:
-            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.summary.reason}")
+            print(f"  failed {run.run_id} {run.spec.describe()}: {run.summary.reason}")
         elif run.stale:
-            print(f"  stale {run.spec.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
+            print(f"  stale {run.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
     return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
 
 

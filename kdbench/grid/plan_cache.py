@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -110,8 +111,9 @@ def planned_specs(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict
     key = _plan_key("plan", grid, chosen) if not grid.plugins else None
     if key is not None and _READING.get():
         cached = diskcache.read("plans", key)
-        if cached is not None:
-            return specs_from_json(cached), cached["run_ids"]
+        with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
+            if cached is not None:
+                return specs_from_json(cached), cached["run_ids"]
     from kdbench.grid.expand import expand_with_ids
     from kdbench.grid.needs import check_method_needs
 
@@ -130,8 +132,9 @@ def tuning_cells(grid: GridConfig) -> list[TuningCell]:
     key = _plan_key("cells", grid) if not grid.plugins else None
     if key is not None and _READING.get():
         cached = diskcache.read("tuning-cells", key)
-        if cached is not None:
-            return cells_from_json(cached)
+        with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
+            if cached is not None:
+                return cells_from_json(cached)
     from kdbench.grid.expand import tuning_cells as expand_cells
 
     cells = expand_cells(grid)
@@ -142,46 +145,70 @@ def tuning_cells(grid: GridConfig) -> list[TuningCell]:
 
 # --- RunSpecs as JSON ------------------------------------------------------------------------------------------
 
+_INTERNED = ("arch_kwargs", "params", "label")  # plain values many specs share: stored once too
+
+
 def specs_to_json(specs: list[RunSpec]) -> dict[str, Any]:
-    """Specs as JSON, each nested model many specs share (dataset, recipe, teacher, weights) stored once."""
-    tables: dict[str, list[Any]] = {name: [] for name in _SHARED}
-    seen: dict[str, dict[str, int]] = {name: {} for name in _SHARED}
+    """Specs as JSON: one row (a list of RunSpec's fields) per spec; nested models and the values many specs share
+    (dataset, recipe, teacher, weights, params...) stored once and named by their position."""
+    from kdbench.runspec import RunSpec
+
+    names = tuple(RunSpec.model_fields)
+    tables: dict[str, list[Any]] = {name: [] for name in (*_SHARED, "values")}
+    seen: dict[str, int] = {}
     by_object: dict[int, int] = {}
+
+    def intern(kind: str, value: Any) -> int:
+        index = by_object.get(id(value))  # specs of a cell share their nested models: dump each once
+        if index is None:
+            dumped = value.model_dump(mode="json") if kind in _SHARED else value
+            text = kind + json.dumps(dumped, sort_keys=True)
+            index = seen.get(text)
+            if index is None:
+                index = seen[text] = len(tables[kind])
+                tables[kind].append(dumped)
+            if kind in _SHARED:
+                by_object[id(value)] = index
+        return index
+
     rows = []
     for spec in specs:
-        row = spec.model_dump(mode="json", exclude=set(_SHARED))
-        for name in _SHARED:
+        row = []
+        for name in names:
             value = getattr(spec, name)
-            if value is None:
-                row[name] = None
-                continue
-            index = by_object.get(id(value))
-            if index is None:
-                text = value.model_dump_json()
-                index = seen[name].setdefault(text, len(tables[name]))
-                if index == len(tables[name]):
-                    tables[name].append(value.model_dump(mode="json"))
-                by_object[id(value)] = index
-            row[name] = index
+            if name in _SHARED:
+                value = intern(name, value) if value is not None else None
+            elif name in _INTERNED:
+                value = intern("values", value)
+            row.append(value)
         rows.append(row)
-    return {"tables": tables, "specs": rows}
+    return {"fields": names, "tables": tables, "specs": rows}
 
 
 def specs_from_json(data: dict[str, Any]) -> list[RunSpec]:
-    """The specs ``specs_to_json`` stored (validated once per shared model, constructed for each spec)."""
+    """The specs ``specs_to_json`` stored (validated once per shared model, constructed for each spec); ValueError
+    when RunSpec's fields are not those they were stored with."""
     _light_imports()
     from kdbench.data.spec import DatasetSpec
     from kdbench.recipe import Recipe
     from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
+    names = tuple(RunSpec.model_fields)
+    if tuple(data["fields"]) != names:
+        raise ValueError(f"cached specs have fields {data['fields']}, RunSpec has {names}")
     kinds = {"dataset": DatasetSpec, "recipe": Recipe, "teacher": TeacherRef, "weights": WeightsRef}
     shared = {name: [kinds[name].model_validate(value) for value in data["tables"][name]] for name in _SHARED}
+    values = data["tables"]["values"]
     specs = []
+    construct = RunSpec.model_construct
     for row in data["specs"]:
-        values = dict(row)
+        fields = dict(zip(names, row, strict=True))
         for name in _SHARED:
-            values[name] = shared[name][row[name]] if row[name] is not None else None
-        specs.append(RunSpec.model_construct(**values))
+            fields[name] = shared[name][fields[name]] if fields[name] is not None else None
+        for name in _INTERNED:
+            value = values[fields[name]]
+            fields[name] = dict(value) if isinstance(value, dict) else value  # each spec its own dict, as validated
+        specs.append(construct(**fields))
     return specs
 
 

@@ -43,7 +43,7 @@ def slurm_run_states(planned: list[PlannedRun], grid_dir: Path) -> list[SlurmRun
     states = job_states([entry.job_id for _, entry in latest.values()], since=since)
     result = []
     for run in planned:
-        found = latest.get(run.spec.run_id)
+        found = latest.get(run.run_id)
         job_id = found[1].job_id if found else None
         slurm_state = states.get(job_id) if job_id else None
         if slurm_state in ACTIVE_STATES:

@@ -134,10 +134,10 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
                     "they are done to submit their final runs", len(pending),
                     ", ".join(f"{c.method} {c.pair} {c.dataset}" for c in pending[:3]))
     outcome = SlurmSubmission(paths)
-    states = {s.run.spec.run_id: s for s in slurm_run_states(planned, paths.grid_dir)}
+    states = {s.run.run_id: s for s in slurm_run_states(planned, paths.grid_dir)}
     to_submit: list[PlannedRun] = []
     for run in planned:
-        state = states[run.spec.run_id].state
+        state = states[run.run_id].state
         if state == "done" and not (run.stale and "stale" in rerun):
             outcome.skipped_done += 1
         elif state in ("running", "pending"):
@@ -158,14 +158,14 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
 
     def job_for(run: PlannedRun) -> RunJob:
         if run.status == "failed":
-            archive_failed(paths.runs_root / run.spec.run_id)
+            archive_failed(paths.runs_root / run.run_id)
         return RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                       device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                       tracking_experiment=target[1] if target else None, label=f"[{run.spec.stage}] ",
                       plugins=list(grid.plugins), rerun_stale="stale" in rerun,
                       loader_workers=grid.executor.loader_workers)
 
-    teacher_jobs = {s.run.spec.run_id: s.job_id for s in states.values()
+    teacher_jobs = {s.run.run_id: s.job_id for s in states.values()
                     if s.run.spec.stage == "teacher" and s.state in ("running", "pending")}
     teachers = [job_for(r) for r in to_submit if r.spec.stage == "teacher"]
     if teachers:
@@ -179,7 +179,7 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
         elif teacher.run_id in teacher_jobs:
             by_dependency[teacher_jobs[teacher.run_id]].append(run)
         else:
-            outcome.blocked.append(run.spec.run_id)  # its teacher failed and is not being retried
+            outcome.blocked.append(run.run_id)  # its teacher failed and is not being retried
     for dependency, runs in by_dependency.items():
         jobs = [job_for(r) for r in runs]
         submitter.submit("student", jobs, dependency)

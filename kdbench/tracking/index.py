@@ -3,13 +3,14 @@
 The records stay the truth; the index only spares reading thousands of them. Under ``<runs root>/.index/``:
 
 ``index.jsonl``
-    line 1: ``{"format": "kdbench-index", "version": N, "runs": {run_id: summary}}`` (state and final metrics);
-    then one line per finished run, ``<run_id><TAB><json>``, with its per-class counts. Readers that need no
-    per-class counts (status, plan, ``--wait``) read line 1 only. Written atomically (temporary file, rename).
+    line 1: each run's record signature and sha256 with the facts planning needs (status, code identity, weights
+    checksums); then ``S<TAB>run_id<TAB>sha256<TAB>summary`` (state and final metrics, RunSummary) per run and
+    ``C<TAB>...<TAB>counts`` (per-class counts) per finished run. Status, plan and ``--wait`` read line 1 only;
+    the report reads the rest. Written atomically (temporary file, rename).
 ``journal/``
     one small file per record written (or moved aside) since the last compaction, written atomically by the
-    process that wrote the record. Writers never touch ``index.jsonl``, so concurrent writers on several nodes
-    need no lock: each file has one writer and a unique name.
+    process that writes the record, just before it does. Writers never touch ``index.jsonl``, so concurrent
+    writers on several nodes need no lock: each file has one writer and a unique name.
 ``.lock``
     a flock the reader that folds the journal into ``index.jsonl`` takes without waiting; a reader that does not
     get it uses the merged view without writing it. Where flock does not reach across nodes (NFS mounted
@@ -17,9 +18,10 @@ The records stay the truth; the index only spares reading thousands of them. Und
     finds those records unindexed and reads them again, so a lost update costs time, never a wrong answer.
 
 Every load compares the index with the records: one scandir of the runs folder and one ``stat`` of each
-``record.json`` (inode, size, mtime). An entry whose record changed, a record without an entry (added by hand,
-or written by a process killed before its journal entry) and an entry whose record is gone (a run folder
-deleted) are rebuilt from the records, with one notice line. What a stat cannot see (a record's bytes damaged in
+``record.json`` (inode, size, mtime), then the sha256 of a record the index does not know yet, to match it with
+its journal entry. An entry whose record changed, a record without an entry (copied in or edited by hand,
+written by an older kdbench) and an entry whose record is gone (a run folder deleted) are rebuilt from the
+records, with one notice line. What a stat cannot see (a record's bytes damaged in
 place with the same size and mtime) is found when the record itself is read.
 """
 
@@ -249,13 +251,32 @@ def note_removed(run_dir: str | Path) -> None:
 
 # --- readers ---------------------------------------------------------------------------------------------------
 
+def _facts_of(summary: dict[str, Any]) -> RunFacts:
+    teacher = summary.get("teacher")
+    return RunFacts(summary["status"], summary.get("code") or {}, teacher[2] if teacher else None,
+                    summary.get("model_sha256"))
+
+
+def _has_counts(facts: RunFacts, summary: dict[str, Any] | None = None) -> bool:
+    """Whether a record carries per-class counts (a finished run with final metrics; ``summary`` when known)."""
+    return facts.status == "done" and (summary is None or summary.get("final") is not None)
+
+
 @dataclass(slots=True)
 class _Entry:
+    """One run in the index: its record's signature and sha256, its facts, and (as JSON text, read when needed)
+    its summary and per-class counts."""
+
     sig: Signature
-    sha256: str | None  # of the record's bytes
-    summary: dict[str, Any]  # RunSummary.to_json()
-    counts: str | None = None  # the per-class line's JSON, kept as text until asked for
-    counts_known: bool = True  # False: the snapshot's per-class line was not read (or did not match)
+    sha256: str | None
+    facts: RunFacts
+    summary: str | None = None  # None: not read from index.jsonl (yet)
+    counts: str | None = None
+    counts_known: bool = True  # False: not read from index.jsonl (yet)
+
+
+def _new_entry(sig: Signature, sha256: str | None, summary: dict[str, Any], counts: dict[str, Any] | None) -> _Entry:
+    return _Entry(sig, sha256, _facts_of(summary), _dumps(summary), _dumps(counts) if counts is not None else None)
 
 
 @dataclass
@@ -263,10 +284,11 @@ class _Snapshot:
     entries: dict[str, _Entry] = field(default_factory=dict)
     exists: bool = False
     problem: str | None = None  # why an existing index.jsonl could not be used
+    details: bool = False  # summaries and per-class counts were read too
 
 
 class GridIndex:
-    """The verified index of one runs folder: a summary per recorded run, per-class counts on demand."""
+    """The verified index of one runs folder: each recorded run's facts; summaries and per-class counts on demand."""
 
     def __init__(self, runs_root: Path, entries: dict[str, _Entry]) -> None:
         self.runs_root = runs_root
@@ -283,54 +305,107 @@ class GridIndex:
         """Every recorded run, sorted."""
         return sorted(self._entries)
 
+    def facts(self, run_id: str) -> RunFacts | None:
+        """Status, code identity and weights checksums of ``run_id``'s record (what planning needs)."""
+        entry = self._entries.get(run_id)
+        return entry.facts if entry is not None else None
+
     def summary(self, run_id: str) -> RunSummary | None:
         """The summary of ``run_id``'s record, or None when it has no record."""
         found = self._summaries.get(run_id)
         if found is None and run_id in self._entries:
-            found = self._summaries[run_id] = RunSummary.from_json(self._entries[run_id].summary)
+            entry = self._entries[run_id]
+            if entry.summary is None:
+                self._read_details()
+            if entry.summary is not None:
+                found = self._summaries[run_id] = RunSummary.from_json(json.loads(entry.summary))
         return found
-
-    def facts(self, run_id: str) -> RunFacts | None:
-        """Status, code identity and weights checksums of ``run_id``'s record (cheaper than its summary)."""
-        entry = self._entries.get(run_id)
-        if entry is None:
-            return None
-        data = entry.summary
-        teacher = data.get("teacher")
-        return RunFacts(data["status"], data.get("code") or {}, teacher[2] if teacher else None,
-                        data.get("model_sha256"))
 
     def summaries(self) -> list[RunSummary]:
         """Every summary, in run-id order."""
-        return [self.summary(run_id) for run_id in self.run_ids()]  # type: ignore[misc]
+        if any(entry.summary is None for entry in self._entries.values()):
+            self._read_details()
+        pending = [run_id for run_id in self.run_ids()
+                   if run_id not in self._summaries and self._entries[run_id].summary is not None]
+        texts = [self._entries[run_id].summary for run_id in pending]
+        for run_id, data in zip(pending, json.loads("[" + ",".join(texts) + "]"), strict=True):  # one parse
+            self._summaries[run_id] = RunSummary.from_json(data)
+        return [self._summaries[run_id] for run_id in self.run_ids() if run_id in self._summaries]
 
     def class_counts(self, run_ids: Iterable[str]) -> dict[str, ClassCounts]:
         """Per-class counts of the finished runs among ``run_ids`` (records are read where the index lacks them)."""
-        result: dict[str, ClassCounts] = {}
-        for run_id in run_ids:
-            entry = self._entries.get(run_id)
-            if entry is None:
-                continue
-            if not entry.counts_known:
-                _fill_counts(self.runs_root, run_id, entry)
-            if entry.counts is not None:
-                result[run_id] = ClassCounts(**json.loads(entry.counts))
-        return result
+        wanted = [run_id for run_id in run_ids if run_id in self._entries]
+        if any(not self._entries[run_id].counts_known for run_id in wanted):
+            self._read_details()
+        found = [run_id for run_id in wanted if self._entries[run_id].counts is not None]
+        texts = [self._entries[run_id].counts for run_id in found]
+        parsed = json.loads("[" + ",".join(texts) + "]")  # type: ignore[arg-type]  (one parse for all)
+        return {run_id: ClassCounts(**data) for run_id, data in zip(found, parsed, strict=True)}
+
+    def _read_details(self) -> None:
+        """Summaries and per-class counts of every entry: from index.jsonl where it has them, else the record."""
+        _details_from_file(self.runs_root / INDEX_DIR / INDEX_NAME, self._entries)
+        for run_id, entry in self._entries.items():
+            if entry.summary is None or not entry.counts_known:
+                _details_from_record(self.runs_root, run_id, entry)
 
 
-def _fill_counts(runs_root: Path, run_id: str, entry: _Entry) -> None:
-    """Per-class counts from the record itself (a finished run whose per-class line the index lacks)."""
-    entry.counts, entry.counts_known = None, True
-    if not _has_counts(entry.summary):
-        return
+def _details_from_record(runs_root: Path, run_id: str, entry: _Entry) -> None:
+    """An entry's summary and per-class counts from the record itself (an entry whose details the index lacks);
+    a record gone since the index was checked leaves the summary unknown (None)."""
     from kdbench.tracking.record import read_record
 
     record = read_record(runs_root / run_id)
-    counts = summarize(record)[1] if record is not None else None
+    entry.counts_known = True
+    if record is None:
+        return
+    summary, counts = summarize(record)
+    entry.summary = _dumps(summary.to_json())
     entry.counts = _dumps(counts.__dict__) if counts else None
 
 
-def _read_snapshot(path: Path, with_counts: bool) -> _Snapshot:
+def _details_from_file(path: Path, entries: dict[str, _Entry]) -> None:
+    """Fill the entries lacking details from index.jsonl's detail lines that carry their record's sha256."""
+    missing = {run_id: entry for run_id, entry in entries.items() if entry.summary is None or not entry.counts_known}
+    if not missing:
+        return
+    with contextlib.suppress(OSError, ValueError), path.open("rb") as handle:
+        handle.readline()
+        _read_details(handle, missing)
+
+
+def _read_details(handle: Any, entries: dict[str, _Entry]) -> None:
+    """Detail lines ``S|C <TAB> run_id <TAB> sha256 <TAB> json`` into the entries whose record has that sha256."""
+    for raw in handle:
+        kind, run_id, sha256, text = raw.decode().rstrip("\n").split("\t", 3)
+        entry = entries.get(run_id)
+        if entry is None or entry.sha256 != sha256:
+            continue
+        if kind == "S" and entry.summary is None:
+            entry.summary = text
+        elif kind == "C" and not entry.counts_known:
+            entry.counts, entry.counts_known = text, True
+    for entry in entries.values():  # runs without per-class counts have no C line
+        if not entry.counts_known and not _has_counts(entry.facts):
+            entry.counts, entry.counts_known = None, True
+
+
+_last_read: dict[str, tuple[Signature | None, _Snapshot]] = {}  # index file → its last parse in this process
+
+
+def _snapshot(index_file: str, version: Signature | None, details: bool) -> _Snapshot:
+    """index.jsonl parsed, or as parsed before by this process when it has not changed since (`--wait` polls)."""
+    known = _last_read.get(index_file)
+    if known is not None and version is not None and known[0] == version and (known[1].details or not details):
+        return known[1]
+    snapshot = _read_snapshot(Path(index_file), details)
+    if snapshot.problem is None:
+        _last_read[index_file] = (version, snapshot)
+    return snapshot
+
+
+def _read_snapshot(path: Path, details: bool) -> _Snapshot:
+    """index.jsonl: the header line (each run's signature, sha256 and facts) and, with ``details``, the rest."""
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -343,36 +418,16 @@ def _read_snapshot(path: Path, with_counts: bool) -> _Snapshot:
             if header.get("version") != VERSION:
                 return _Snapshot(exists=True, problem=f"index version {header.get('version')}, this kdbench "
                                                       f"reads {VERSION}")
-            entries = {run_id: _Entry(tuple(item["sig"]), item["sha256"], item["summary"],  # type: ignore[arg-type]
-                                      counts_known=False) for run_id, item in header["runs"].items()}
-            if with_counts:
-                _read_counts(handle, entries)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            codes = header["codes"]
+            entries = {}
+            for run_id, (ino, size, mtime, sha256, status, code, teacher, model) in header["runs"].items():
+                facts = RunFacts(status, codes[code] if code >= 0 else {}, teacher, model)
+                entries[run_id] = _Entry((ino, size, mtime), sha256, facts, None, None, False)
+            if details:
+                _read_details(handle, entries)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
             return _Snapshot(exists=True, problem=f"{type(error).__name__}: {error}"[:200])
-    return _Snapshot(entries, exists=True)
-
-
-def _has_counts(summary: dict[str, Any]) -> bool:
-    """Whether a record of this summary carries per-class counts (a finished run with final metrics)."""
-    return summary.get("status") == "done" and summary.get("final") is not None
-
-
-def _read_counts(handle, entries: dict[str, _Entry]) -> None:
-    """The per-class lines after the header, ``<run_id>\\t<sig>\\t<json>``, into the entries whose sig they match.
-
-    A finished run without a matching line keeps ``counts_known`` False: its record is read when asked for.
-    """
-    for raw in handle:
-        run_id, _, rest = raw.decode().rstrip("\n").partition("\t")
-        entry = entries.get(run_id)
-        if entry is None or entry.counts_known:
-            continue
-        sig_text, _, counts = rest.partition("\t")
-        if json.loads(sig_text) == list(entry.sig):
-            entry.counts, entry.counts_known = counts, True
-    for entry in entries.values():
-        if not entry.counts_known and not _has_counts(entry.summary):
-            entry.counts, entry.counts_known = None, True
+    return _Snapshot(entries, exists=True, details=details)
 
 
 @dataclass
@@ -437,8 +492,9 @@ class _Changes:
 def load_index(runs_root: str | Path, *, with_counts: bool = False, update: bool = True) -> GridIndex:
     """The index of ``runs_root``, checked against its records (and repaired from them, with one notice line).
 
-    ``with_counts`` also reads the per-class counts (the report); ``update`` writes the merged index back
-    (folding the journal) when this process gets the index lock and may write there.
+    ``with_counts`` reads the summaries and per-class counts up front (the report; otherwise they are read when
+    first asked for); ``update`` writes the merged index back (folding the journal) when this process gets the
+    index lock and may write there.
     """
     runs_root = Path(runs_root)
     if not runs_root.is_dir():
@@ -450,7 +506,7 @@ def load_index(runs_root: str | Path, *, with_counts: bool = False, update: bool
         # scan has the entry of every record the scan saw, unless a compaction folded it into a newer index.jsonl
         # meanwhile (it replaces index.jsonl before it deletes journal files): then read again.
         version = _signature(index_file)
-        snapshot = _read_snapshot(Path(index_file), with_counts)
+        snapshot = _snapshot(index_file, version, with_counts)
         observed = {run_id: _signature(f"{runs_root}/{run_id}/{_RECORD}") for run_id in _run_folders(runs_root)}
         journal, noted = _read_journal(index_dir / JOURNAL_DIR)
         if _signature(index_file) == version:
@@ -498,16 +554,15 @@ def _verify(runs_root: Path, observed: dict[str, Signature | None], snapshot: _S
             match = [item for item in noted if item.sha256 is not None and item.sha256 == digest]
             if match and _signature(path) == sig:
                 item = match[-1]
-                entries[run_id] = _Entry(sig, digest, item.summary or {}, _dumps(item.counts) if item.counts else None)
+                entries[run_id] = _new_entry(sig, digest, item.summary or {}, item.counts)
                 changes.folded += 1
                 changes.consumed.update(n.path for n in noted if n.written_ns <= item.written_ns)
                 continue
         if sig is None and _signature(f"{root}/{run_id}/{_BACKUP}") is None:
-            tombstoned = _tombstoned(noted)
             changes.consumed.update(item.path for item in noted if item.sha256 is None)
             if known is not None:  # the record is gone: moved aside on purpose (a tombstone) or deleted
                 changes.folded += 1
-                changes.removed += not tombstoned
+                changes.removed += not _tombstoned(noted)
             continue
         moved = _signature(path) != sig
         rebuilt = _entry_from_record(runs_root, run_id)
@@ -543,7 +598,7 @@ def _entry_from_record(runs_root: Path, run_id: str) -> _Entry | None:
     if record is None or sig is None:
         return None
     summary, counts = summarize(record)
-    return _Entry(sig, digest, summary.to_json(), _dumps(counts.__dict__) if counts else None)
+    return _new_entry(sig, digest, summary.to_json(), counts.__dict__ if counts else None)
 
 
 def _notice(runs_root: Path, snapshot: _Snapshot, changes: _Changes, total: int) -> None:
@@ -572,14 +627,19 @@ def _compact(index_dir: Path, entries: dict[str, _Entry], journal_files: list[Pa
     except OSError:  # a read-only results folder: the merged view still answers this reader
         return
     try:
-        if any(not entry.counts_known for entry in entries.values()):
-            _counts_from_snapshot(index_dir / INDEX_NAME, entries)
-        header = {"format": FORMAT, "version": VERSION,
-                  "runs": {run_id: {"sig": list(entry.sig), "sha256": entry.sha256, "summary": entry.summary}
-                           for run_id, entry in sorted(entries.items())}}
+        GridIndex(index_dir.parent, entries)._read_details()
+        codes: dict[str, int] = {}
+        runs = {}
+        for run_id, entry in sorted(entries.items()):
+            facts = entry.facts
+            code = codes.setdefault(_dumps(facts.code), len(codes)) if facts.code else -1
+            runs[run_id] = [*entry.sig, entry.sha256, facts.status, code, facts.teacher_sha256, facts.model_sha256]
+        header = {"format": FORMAT, "version": VERSION, "codes": [json.loads(text) for text in codes], "runs": runs}
         lines = [_dumps(header)]
-        lines += [f"{run_id}\t{_dumps(list(entry.sig))}\t{entry.counts}" for run_id, entry in sorted(entries.items())
-                  if entry.counts is not None and entry.counts_known]
+        lines += [f"S\t{run_id}\t{entry.sha256}\t{entry.summary}" for run_id, entry in sorted(entries.items())
+                  if entry.summary is not None]
+        lines += [f"C\t{run_id}\t{entry.sha256}\t{entry.counts}" for run_id, entry in sorted(entries.items())
+                  if entry.counts is not None]
         try:
             atomic_write_bytes(index_dir / INDEX_NAME, ("\n".join(lines) + "\n").encode())
         except OSError:
@@ -589,13 +649,6 @@ def _compact(index_dir: Path, entries: dict[str, _Entry], journal_files: list[Pa
         _remove_stale_temp_files(index_dir / JOURNAL_DIR)
     finally:
         lock.release()
-
-
-def _counts_from_snapshot(path: Path, entries: dict[str, _Entry]) -> None:
-    """Fill the entries whose per-class line was not read, from the index file on disk (lines matching their sig)."""
-    with contextlib.suppress(OSError, ValueError), path.open("rb") as handle:
-        handle.readline()
-        _read_counts(handle, {run_id: entry for run_id, entry in entries.items() if not entry.counts_known})
 
 
 def _remove_stale_temp_files(journal_dir: Path) -> None:
