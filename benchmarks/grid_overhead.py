@@ -174,7 +174,8 @@ def _status_command(grid_file: Path, cache: Path) -> tuple[float, float]:
 
 
 def _fake_manifest(grid_dir: Path, run_ids: list[str]) -> Path:
-    """A Slurm submission manifest naming every run (job ids Slurm does not know), as a submitted grid has."""
+    """A Slurm submission manifest naming every run (job ids Slurm does not know), as a submitted grid has; the
+    folder of that submission is returned."""
     folder = grid_dir / "slurm" / "benchmark"
     folder.mkdir(parents=True, exist_ok=True)
     entries = [{"run_id": run_id, "stage": "student", "job_id": f"99999999_{i}", "array_job_id": "99999999",
@@ -207,6 +208,8 @@ def measure_done(grid_file: Path) -> dict[str, float]:
     specs = [run.spec for run in planned]
     ids = [run.spec.run_id for run in planned]
     by_ids = "run_ids" in inspect.signature(plan_runs).parameters  # what wait_for_grid passes where it can
+    if (paths.grid_dir / "slurm").exists():
+        raise RuntimeError(f"{paths.grid_dir / 'slurm'} exists: a left-over manifest would turn status into Slurm's")
     manifest = _fake_manifest(paths.grid_dir, ids)
     try:
         polls = []
@@ -218,7 +221,7 @@ def measure_done(grid_file: Path) -> dict[str, float]:
         timings["wait poll s"] = statistics.median(wall for wall, _ in polls[1:])
         timings["wait poll cpu s"] = statistics.median(cpu for _, cpu in polls[1:])
     finally:
-        shutil.rmtree(manifest.parent)
+        shutil.rmtree(manifest.parent.parent)  # the slurm folder: without it, status reads the records alone
     return timings
 
 
