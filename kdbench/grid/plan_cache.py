@@ -108,7 +108,22 @@ def planned_specs(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict
                   ) -> tuple[list[RunSpec], list[str]]:
     """``expand_grid(grid, selected)`` with every run's method needs checked (ConfigError if not), and the run ids."""
     chosen = sorted([list(key), value] for key, value in (selected or {}).items())
-    key = _plan_key("plan", grid, chosen) if not grid.plugins else None
+    key = _plan_key("plan", grid, chosen)
+    if key in _planned:  # this process planned the same grid already (`kdbench run` plans before and after)
+        specs, run_ids = _planned[key]
+        return list(specs), list(run_ids)
+    specs, run_ids = _planned_specs(grid, selected, key if not grid.plugins else None)
+    _planned.clear()  # one plan kept: a grid of 100,000 runs is a lot of objects
+    _planned[key] = (specs, run_ids)
+    return list(specs), list(run_ids)
+
+
+_planned: dict[str, tuple[list[RunSpec], list[str]]] = {}
+
+
+def _planned_specs(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict[str, Any]] | None,
+                   key: str | None) -> tuple[list[RunSpec], list[str]]:
+    """planned_specs from the disk cache (inside reading(), ``key`` given), else expanded, checked and stored."""
     if key is not None and _READING.get():
         cached = diskcache.read("plans", key)
         with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
