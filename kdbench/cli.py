@@ -50,6 +50,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="COLS", default="dataset,pair,method",
                         help="comma-separated cell columns of every table (default dataset,pair,method)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report)")
+    parser.add_argument("--focus", metavar="METHOD", help="the method under study, compared with each other method "
+                                                        "in the last table (default: trg when the grid has it)")
 
 
 def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(run)
     run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the grid's executor")
     run.add_argument("--wait", action="store_true", help="slurm: block with progress lines until all runs ended")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (runs and estimated GPU-hours per stage × method × pair × dataset) and exit")
+    run.add_argument("--verbose", action="store_true", help="with --dry-run: also list every run")
     run.add_argument("--rerun", action="append", choices=["failed", "stale"], default=[],
                      help="also train again the runs that failed, or the done runs trained by other code or teacher "
                           "weights (stale); repeatable")
@@ -91,13 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
                                             "many/medium/few, accuracy against ρ, training curves")
     _add_plot_arguments(plot)
-    commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods = commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods.add_argument("--markdown", action="store_true", help="print docs/methods.md: every method's loss, "
+                                                                "defaults, needs and source, from its code")
     commands.add_parser("models", help="list the registered models")
     return parser
 
 
 def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> list:
+    return _plan_and_print(grid, results_root, rerun)[1]
+
+
+def _plan_and_print(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> tuple:
+    """Plan the grid and print its counts, stale warnings and tuning lines; return (paths, planned, tuning cells)."""
     from kdbench.grid import plan_grid
+    from kdbench.grid.plan import tuning_selections
     from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
     paths, planned = plan_grid(grid, results_root)
@@ -110,17 +122,19 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
     retraining = "stale" in (rerun or [])
     for line in stale_summary(planned, retraining):
         print(f"{'stale' if retraining else 'warning'}: {line}")
-    for line in tuning_lines(grid, paths):
+    cells = tuning_selections(grid, paths)
+    for line in tuning_lines(grid, paths, cells):
         print(line)
     print(f"results: {paths.grid_dir}")
-    return planned
+    return paths, planned, cells
 
 
-def tuning_lines(grid: GridConfig, paths) -> list[str]:
-    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait."""
+def tuning_lines(grid: GridConfig, paths, cells: list | None = None) -> list[str]:
+    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait
+    (``cells``: the grid's tuning_selections when already read)."""
     from kdbench.grid.plan import tuning_selections
 
-    cells = tuning_selections(grid, paths)
+    cells = tuning_selections(grid, paths) if cells is None else cells
     if not cells or grid.tuning is None:
         return []
     largest = max(len(cell.configs) for cell in cells)
@@ -171,7 +185,7 @@ def _run(args: argparse.Namespace) -> int:
         from kdbench.config import ConfigError
 
         raise ConfigError("\n".join(f"{args.grid}: {line}" for line in problems))
-    planned = _print_plan(grid, args.results, args.rerun)
+    _, planned, cells = _plan_and_print(grid, args.results, args.rerun)
     for line in problems:
         print(f"not ready: {line} (a real run stops here, before anything is submitted)")
     if args.dry_run:
@@ -181,8 +195,10 @@ def _run(args: argparse.Namespace) -> int:
 
             for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
                 print(f"warning: {warning}")
-        for run in planned:
-            print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
+        from kdbench.grid.plan_summary import dry_run_lines
+
+        for line in dry_run_lines(grid, planned, cells, args.rerun, args.verbose):
+            print(line)
         return EXIT_OK
     if (args.executor or grid.executor.kind) == "slurm":
         from kdbench.cli_slurm import run_on_slurm
@@ -285,6 +301,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         for note in report.notes:
             print(note)
     print(f"\nwrote {len(report.written)} files under {report.written[0].parent}" if report.written else "")
+    html = [path for path in report.written if path.suffix == ".html"]
+    if html:
+        print(f"HTML report: {html[0]}")
     return EXIT_OK
 
 
@@ -298,7 +317,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_methods(_: argparse.Namespace) -> int:
+def _cmd_methods(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from kdbench.docs import methods_markdown
+
+        print(methods_markdown(), end="")
+        return EXIT_OK
     import kdbench.methods  # noqa: F401
     from kdbench.loss import METHODS
 

@@ -218,10 +218,18 @@ class ExecutorConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["local", "debug", "slurm"] = "local"
-    workers: int = Field(default=1, ge=1, description="local: parallel run processes")
+    workers: int | Literal["auto"] = Field(default=1, description="local: parallel run processes; auto: one "
+                                           "single-threaded process per usable CPU on the CPU, one on a GPU")
     device: str = Field(default="auto", description="auto (cuda when available), cpu, cuda, cuda:N")
     loader_workers: int | None = Field(default=None, ge=0, description="DataLoader workers per run for image-file "
                                        "datasets; default: the CPUs the run may use minus one (at most 16)")
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"workers = {value}: allowed: an integer >= 1, or auto")
+        return value
 
     @field_validator("device")
     @classmethod

@@ -1,6 +1,6 @@
 """CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
 
-Follows METHODS.md (which follows RepDistiller, the authors' code, where it and the paper differ).
+Follows RepDistiller, the authors' code, where it and the paper differ.
 
 Notation. ``e_s = normalize(g_s(f_s))`` and ``e_t = normalize(g_t(f_t))`` are the 128-d embeddings of the
 student's and the teacher's ``pooled`` features (heads ``g_s``, ``g_t``: Linear(D→feat_dim), both trained; the

@@ -125,7 +125,9 @@ def test_report_format_html_writes_the_page_and_the_plots(grid_dir, tmp_path, ca
     assert pngs == ["curves_cifar_resnet56_to_resnet20.png", "per_class_cifar_resnet56_to_resnet20.png",
                     "top1_cifar.png"]
     assert len(list((tmp_path / "plots").glob("*.pdf"))) == 3
-    assert page.count('src="data:image/png;base64,') == 3 and page.count("<table") == 3  # balanced: no head/tail
+    # balanced: no head/tail; then the five tables of the configuration and provenance section
+    assert page.count('src="data:image/png;base64,') == 3 and page.count("<table") == 3 + 5
+    assert '<h2 id="configuration-and-provenance">Configuration and provenance</h2>' in page
     assert "skipped: head/medium/tail table: every dataset of this report is balanced" in html.unescape(page)
     assert not list(tmp_path.glob("*.csv")), "--format html writes no CSV tables"
     assert f"wrote 7 files under {tmp_path}" in capsys.readouterr().out

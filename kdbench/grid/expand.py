@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kdbench.config import ConfigError, GridConfig, MethodEntry, Override, PairConfig, Recipe
 from kdbench.data.spec import DatasetSpec
 from kdbench.grid.tuning import Selection, sweep_configs, tuning_recipe
+from kdbench.numfmt import param_text
 from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class _Expander:
             raise ConfigError(f"{error} (params of method '{method.display}' with the matching overrides)") from None
         label = method.display
         if tuning:
-            label += "[" + ",".join(f"{key}={value}" for key, value in sorted(values.items())) + "]"
+            label += "[" + ",".join(f"{key}={param_text(value)}" for key, value in sorted(values.items())) + "]"
         return {"dataset": dataset, "recipe": recipe, "params": params, "label": label, "uses_teacher": uses_teacher}
 
     def tuning_cells(self) -> list[TuningCell]:
@@ -205,6 +206,24 @@ class _Expander:
                         cell.run_ids.append(ids)
                     cells.append(cell)
         return cells
+
+
+def awaiting_final_specs(grid: GridConfig, waiting: set[tuple[str, str, str]]) -> list[RunSpec]:
+    """The final runs of the tuning cells ``waiting`` for their selection ((dataset variant, pair, method) keys),
+    built with each cell's first configuration: what stage 2 will train, for counts and cost estimates only (the
+    selected values, and so the run ids, are not known yet)."""
+    specs = []
+    if grid.tuning is None:
+        return specs
+    for dataset in grid.datasets:
+        for pair in grid.pairs:
+            for method in grid.methods:
+                if (dataset.variant, pair.label, method.display) not in waiting:
+                    continue
+                config = sweep_configs(method, grid.tuning)[0]
+                specs += [_student_spec(grid, dataset, pair, method, seed, config, grid.recipe, False)[0]
+                          for seed in grid.seeds]
+    return specs
 
 
 @dataclass

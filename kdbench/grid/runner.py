@@ -11,12 +11,14 @@ from pathlib import Path
 
 from kdbench.codeid import stale_reasons
 from kdbench.config import ConfigError, GridConfig
+from kdbench.cpus import local_workers
 from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
 from kdbench.grid.expand import TuningCell
 from kdbench.grid.plan import GridPaths, grid_paths, plan_grid, tuning_selections
+from kdbench.grid.progress import GridProgress
 from kdbench.grid.status import PlannedRun, run_status
 from kdbench.grid.tuning import write_selections
 from kdbench.runspec import RunSpec
@@ -131,7 +133,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
     # Launched as N processes (torchrun, srun): every rank walks the same runs in the same order and trains each
     # together; only rank 0 writes the grid's files (the engine does the same for each run).
     ranks = dist_info_from_env()
-    if ranks.distributed and (executor or grid.executor.kind) == "local" and grid.executor.workers > 1:
+    workers = pool_size(grid, device)
+    if ranks.distributed and (executor or grid.executor.kind) == "local" and workers > 1:
         raise ConfigError(f"executor.workers={grid.executor.workers}: a grid launched as {ranks.world_size} "
                           "processes trains each run on all of them; allowed: workers: 1")
     paths, planned = plan_grid(grid, results_root)
@@ -149,19 +152,21 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             to_run.append(run)
     total = len(to_run)
     counter = iter(range(1, total + 1))
+    progress = GridProgress(run.spec for run in to_run)
 
     def job_for(spec: RunSpec, label: str) -> RunJob:
         return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
                       tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
                       label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun,
                       loader_workers=(grid.executor.loader_workers if grid.executor.loader_workers is not None
-                                      else default_workers(grid.executor.workers)))
+                                      else default_workers(workers)))
 
     retrained: set[str] = set()
     for stage in ("teacher", "student"):
         specs = [r.spec for r in to_run if r.spec.stage == stage]
         if stage == "student" and "stale" in rerun and retrained:
             specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
+            progress.add(specs)
         jobs = []
         teacher_states: dict[str, tuple] = {}  # one look per teacher: thousands of students share a few teachers
         for spec in specs:
@@ -172,24 +177,28 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
                 teacher_state = teacher_states[spec.teacher.run_id]
             if teacher_state is not None and teacher_state[0] != "done":
                 outcome.blocked.append(spec)
+                progress.drop(spec.run_id)
                 holder = teacher_state[2]
                 outcome.blocked_because[spec.run_id] = (
                     f"teacher running elsewhere: {holder.describe()}; run again when it ends" if holder is not None
                     else f"teacher {teacher_state[0]}")
                 continue
             jobs.append(job_for(spec, f"[{next(counter, '+')}/{total}] "))
-        results = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)
+        results = _execute(jobs, executor or grid.executor.kind, workers, paths)
         try:
             for result in results:
                 if isinstance(result, RunBusy):
                     outcome.busy.append(result)
+                    progress.drop(result.run_id)
                     log.info("skipped: %s", result.describe())
                     continue
                 outcome.ran.append(result)
                 retrained.add(result.run_id)
+                progress.finish(result.run_id, failed=result.status != "done")
                 log.info("%s %s: %s%s", "done" if result.status == "done" else "FAILED", result.run_id,
                          f"{result.label} {result.pair} {result.dataset} seed {result.seed}",
                          f" top1 {result.final.top1:.2f}" if result.final else f" ({result.reason})")
+                log.info("%s", progress.line())
         except ResourceError as error:
             outcome.resource_error = error
             outcome.not_started = max(0, total - len(outcome.ran))
@@ -228,6 +237,16 @@ def _stale_by_new_teacher(planned: list[PlannedRun], retrained: set[str], runs_r
             specs.append(run.spec)
             outcome.skipped_done -= 1
     return specs
+
+
+def pool_size(grid: GridConfig, device: str | None = None) -> int:
+    """The local executor's process count: ``executor.workers``, with ``auto`` resolved for the run's device."""
+    kind = device or grid.executor.device
+    if kind == "auto":
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_workers(grid.executor.workers, kind)
 
 
 def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord | RunBusy]:

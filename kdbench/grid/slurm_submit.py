@@ -15,11 +15,13 @@ from kdbench.clusterconf import ClusterConfig
 from kdbench.config import ConfigError, GridConfig
 from kdbench.engine import RunJob
 from kdbench.grid.manifest import Manifest, ManifestEntry, slurm_root, write_manifest
+from kdbench.grid.progress import relative_costs
 from kdbench.grid.runner import GridPaths, archive_failed, plan_grid, prepare_results, record_tuning
 from kdbench.grid.slurm_cli import cancel_jobs, max_array_size, require_sbatch
 from kdbench.grid.slurm_status import SlurmRunState, format_counts, slurm_run_states
 from kdbench.grid.slurm_task import SlurmRunTask
 from kdbench.grid.status import PlannedRun, plan_runs
+from kdbench.progress import format_duration, rate_eta
 
 __all__ = ["SlurmSubmission", "format_counts", "submit_grid", "time_limit_warnings", "wait_for_grid"]
 log = logging.getLogger("kdbench")
@@ -188,19 +190,40 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
     return outcome
 
 
+ENDED_STATES = ("done", "failed", "cancelled")
+ACTIVE_RUN_STATES = ("running", "pending")
+HEARTBEAT_S = 300.0  # a progress line at least this often, so elapsed and ETA stay current
+
+
+def wait_line(states: list[SlurmRunState], costs: dict[str, float], ended_before: set[str], elapsed: float) -> str:
+    """'[elapsed 1:23] teacher runs: ... | student runs: ... | ETA 3:10': counts per stage, then the ETA of the
+    queued and running runs at the rate (relative cost per second) of the runs that ended during this wait."""
+    ended = {s.run.run_id for s in states if s.state in ENDED_STATES} - ended_before
+    done_cost = sum(costs.get(run_id, 0.0) for run_id in ended)
+    remaining = sum(costs.get(s.run.run_id, 0.0) for s in states if s.state in ACTIVE_RUN_STATES)
+    eta = rate_eta(done_cost, elapsed, remaining)
+    return f"[elapsed {format_duration(elapsed)}] {' | '.join(format_counts(states))} | ETA {format_duration(eta)}"
+
+
 def wait_for_grid(grid: GridConfig, results_root: str | Path | None = None, poll_s: float = 5.0,
                   timeout_s: float | None = None) -> list[SlurmRunState]:
-    """Block until no run of the grid is queued or running on Slurm; print a progress line when it changes."""
-    started, last = time.monotonic(), None
+    """Block until no run of the grid is queued or running on Slurm; print a progress line (counts per stage,
+    elapsed, ETA) when the counts change, and at least every HEARTBEAT_S seconds."""
+    started, last, last_at = time.monotonic(), None, 0.0
     paths, planned = plan_grid(grid, results_root)
     specs, run_ids = [run.spec for run in planned], [run.run_id for run in planned]
+    costs = relative_costs(specs)
+    ended_before: set[str] | None = None
     while True:
         planned = plan_runs(specs, paths.runs_root, run_ids=run_ids)
         states = slurm_run_states(planned, paths.grid_dir)
-        line = " | ".join(format_counts(states))
-        if line != last:
-            log.info("[%4.0f s] %s", time.monotonic() - started, line)
-            last = line
+        if ended_before is None:
+            ended_before = {s.run.run_id for s in states if s.state in ENDED_STATES}
+        counts = format_counts(states)
+        now = time.monotonic()
+        if counts != last or now - last_at >= HEARTBEAT_S:
+            log.info("%s", wait_line(states, costs, ended_before, now - started))
+            last, last_at = counts, now
         if not any(s.state in ("running", "pending") for s in states):
             return states
         if timeout_s is not None and time.monotonic() - started > timeout_s:

@@ -36,17 +36,21 @@ class PlannedRun:
     runs_root: Path | None = None
     index: GridIndex | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        if not self.run_id:  # plan_runs passes it: hashing 10,000 specs again takes a while
+            object.__setattr__(self, "run_id", self.spec.run_id)
+
     @functools.cached_property
     def summary(self) -> RunSummary | None:
         """The grid index's summary of the run's record."""
-        return self.index.summary(self.run_id or self.spec.run_id) if self.index is not None else None
+        return self.index.summary(self.run_id) if self.index is not None else None
 
     @functools.cached_property
     def record(self) -> RunRecord | None:
         """The run's full record (read on first use); None when it has none."""
         if self.runs_root is None or (self.index is not None and self.summary is None):
             return None
-        return read_record(self.runs_root / (self.run_id or self.spec.run_id))
+        return read_record(self.runs_root / self.run_id)
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
+from kdbench.report.focus import focus_method, focus_table
 from kdbench.report.frames import ReportFrames, frames_from_index
 from kdbench.report.groups import GroupRule
+from kdbench.report.provenance import PROVENANCE_NAME, provenance_json, report_provenance, section_markdown
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
 from kdbench.tracking.index import RunSummary, load_index
@@ -207,20 +209,27 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    provenance: list[Table] = field(default_factory=list)  # kdbench.report.provenance: configuration and provenance
+    provenance_runs: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
-        """All tables as markdown, then notes on the runs, then what was skipped and why."""
+        """All tables as markdown, then notes on the runs, what was skipped and why, then the configuration and
+        provenance section."""
         parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
         parts += self.notes
         parts += [f"skipped: {reason}" for reason in self.skipped]
+        if self.provenance:
+            parts.append(section_markdown(self.provenance))
         return "\n\n".join(parts)
 
 
-def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Report:
+def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
+                 focus: str | None = None) -> Report:
     """Every table of ``frames``; ReportError when there is no finished run or the group rule cannot split.
 
     The head/medium/tail table is skipped (with the reason) when every dataset is balanced; a long-tailed
-    dataset the rule leaves in one group is an error.
+    dataset the rule leaves in one group is an error. The method under study (``focus``, default trg when the
+    report has it) gets its comparison table last, so the terminal ends with it.
     """
     if frames.finished().empty:
         failed = int((frames.runs["status"] == "failed").sum())
@@ -235,6 +244,12 @@ def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...
         tables.append(cost_table(frames, group_by))
     else:
         skipped.append("cost table: no finished student runs")
+    studied = focus_method(frames, focus)
+    if studied is not None:
+        if not ((frames.finished()["method"] == studied) & (frames.finished()["stage"] == "student")).any():
+            raise ReportError(f"--focus {studied}: no finished student runs of '{studied}' in this report; "
+                              f"methods: {', '.join(sorted(set(frames.finished()['method'])))}")
+        tables.append(focus_table(frames, studied, group_by))
     return Report(frames.grid, tables, skipped)
 
 
@@ -245,6 +260,10 @@ def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...]) 
         raise ReportError(f"--format {','.join(unknown)}: unknown; allowed: {', '.join(FORMATS)}, all")
     for table in report.tables:
         report.written += write_table(table, out_dir, formats)
+    if report.provenance and "csv" in formats:  # the machine-readable configuration and provenance
+        path = Path(out_dir) / PROVENANCE_NAME
+        atomic_write_text(path, provenance_json(report.provenance, report.provenance_runs))
+        report.written.append(path)
     if "terminal" in formats:
         path = Path(out_dir) / "report.md"
         atomic_write_text(path, report.text() + "\n")
@@ -265,13 +284,17 @@ def run_report(args) -> Report:
     frames = [apply_filters(frames, filters) for frames, _ in loaded]
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
     rule = group_rule(args.group_rule)
-    report = build_tables(combined, rule, group_by)
+    report = build_tables(combined, rule, group_by, getattr(args, "focus", None))
     tuned = read_tuning_file(sources[0].grid_dir)
     if tuned:
         from kdbench.report.tuning_table import tuning_table
 
         report.tables.append(tuning_table(tuned))
     report.notes = [note for _, notes in loaded for note in notes]
+    report.provenance, report.provenance_runs, unrecorded = report_provenance(
+        [(source.name, source.runs_root, part.finished()["run_id"]) for source, part in zip(sources, frames,
+                                                                                           strict=True)])
+    report.skipped += unrecorded
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:
         out_dir = out_dir / f"vs-{sources[1].name}"

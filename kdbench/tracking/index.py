@@ -53,7 +53,7 @@ JOURNAL_DIR = "journal"
 LOCK_NAME = ".lock"
 FORMAT = "kdbench-index"
 # Bump when a summary's fields change: an index of another version is rebuilt from the records.
-VERSION = 1
+VERSION = 2
 GARBAGE_AFTER_S = 600  # a journal entry whose record has not appeared after this long belongs to a killed writer
 _RECORD, _BACKUP = "record.json", "record.backup.json"  # as kdbench.tracking.record names them (a test checks)
 
@@ -123,6 +123,8 @@ class RunSummary:
     student_params: int | None
     extra_params: int | None
     peak_memory_bytes: int | None
+    train_images: int  # the sum of the per-class training counts
+    device: str | None  # where it trained (provenance: device name, else device)
     teacher: TeacherSummary | None
     model_sha256: str | None
     code: dict[str, str] = field(default_factory=dict)
@@ -198,7 +200,8 @@ def summarize(record: RunRecord) -> tuple[RunSummary, ClassCounts | None]:
         **epoch_totals([e.seconds for e in history], [e.images_per_s for e in history],
                        [e.test_top1 for e in history]),
         student_params=record.student_params, extra_params=record.extra_params,
-        peak_memory_bytes=record.peak_memory_bytes,
+        peak_memory_bytes=record.peak_memory_bytes, train_images=sum(record.class_counts),
+        device=record.provenance.get("device_name") or record.provenance.get("device"),
         teacher=(TeacherSummary(record.teacher.run_id, record.teacher.arch, record.teacher.sha256, record.teacher.top1)
                  if record.teacher else None),
         model_sha256=record.model_sha256, code=dict(record.code))

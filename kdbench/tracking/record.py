@@ -1,4 +1,4 @@
-"""RunRecord: the JSON record of one run, the source of truth for every table (PROTOCOL.md)."""
+"""RunRecord: the JSON record of one run, the source of truth for every table (docs/protocol.md)."""
 
 from __future__ import annotations
 
