@@ -110,7 +110,7 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
 def _plan_and_print(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> tuple:
     """Plan the grid and print its counts, stale warnings and tuning lines; return (paths, planned, tuning cells)."""
     from kdbench.grid import plan_grid
-    from kdbench.grid.runner import tuning_selections
+    from kdbench.grid.plan import tuning_selections
     from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
     paths, planned = plan_grid(grid, results_root)
@@ -133,7 +133,7 @@ def _plan_and_print(grid: GridConfig, results_root: str | None, rerun: list[str]
 def tuning_lines(grid: GridConfig, paths, cells: list | None = None) -> list[str]:
     """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait
     (``cells``: the grid's tuning_selections when already read)."""
-    from kdbench.grid.runner import tuning_selections
+    from kdbench.grid.plan import tuning_selections
 
     cells = tuning_selections(grid, paths) if cells is None else cells
     if not cells or grid.tuning is None:
@@ -262,10 +262,17 @@ def _print_report(runs_root: Path) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from kdbench.grid import grid_paths
+    from kdbench.grid import plan_cache
+
+    with plan_cache.reading():  # the grid and its runs as validated and expanded before: no torch import
+        return _status(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths, plan_cache
     from kdbench.grid.manifest import slurm_root
 
-    grid = load_grid(args.grid, data_root=args.data_root)
+    grid = plan_cache.load_grid(args.grid, data_root=args.data_root)
     if slurm_root(grid_paths(grid, args.results).grid_dir).is_dir():
         from kdbench.cli_slurm import slurm_status
 
@@ -273,19 +280,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     planned = _print_plan(grid, args.results)
     for run in planned:
         if run.status == "running":
-            print(f"  running {run.spec.run_id} {run.spec.describe()}: "
+            print(f"  running {run.run_id} {run.spec.describe()}: "
                   f"{run.holder.describe() if run.holder else 'holder unknown'}")
-        elif run.status == "failed" and run.record is not None:
-            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.record.reason}")
+        elif run.status == "failed" and run.summary is not None:
+            print(f"  failed {run.run_id} {run.spec.describe()}: {run.summary.reason}")
         elif run.stale:
-            print(f"  stale {run.spec.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
+            print(f"  stale {run.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
     return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.report.build import run_report
+    from kdbench.grid import plan_cache
 
-    report = run_report(args)
+    with plan_cache.reading():  # a grid file as validated before: no torch import
+        from kdbench.report.build import run_report
+
+        report = run_report(args)
     if args.format in ("terminal", "all"):
         print(report.text())
     else:
@@ -405,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from kdbench.config import ConfigError
+    from kdbench.config_errors import ConfigError  # kdbench.config's, without importing the grid schema yet
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])

@@ -23,6 +23,7 @@ from kdbench.estimate.factors import method_factor
 from kdbench.estimate.flops import forward_flops
 from kdbench.estimate.sizes import dataset_sizes
 from kdbench.runspec import RunSpec
+from kdbench.tracking.index import RunSummary
 from kdbench.tracking.record import RunRecord
 
 #: The reference GPU the model's seconds are for, and the effective training throughput assumed for it: an
@@ -63,12 +64,21 @@ def cost_key(spec: RunSpec) -> CostKey:
     return ("teacher" if spec.stage == "teacher" else "student", label, spec.pair, spec.dataset.variant)
 
 
-def measured_rates(runs: Iterable[tuple[RunSpec, RunRecord | None]]) -> dict[CostKey, MeasuredRate]:
-    """Per cost cell, the seconds per training epoch of its finished runs (``(spec, record)`` pairs; the report's
-    cost table defines seconds per epoch the same way: the mean of a record's epoch seconds)."""
+def measured_rates(runs: Iterable[tuple[RunSpec, RunRecord | RunSummary | None]]) -> dict[CostKey, MeasuredRate]:
+    """Per cost cell, the seconds per training epoch of its finished runs (``(spec, record)`` pairs, or the grid
+    index's summaries in place of records; the report's cost table defines seconds per epoch the same way: the
+    mean of a record's epoch seconds)."""
     cells: dict[CostKey, list[tuple[float, int, str]]] = defaultdict(list)
     for spec, record in runs:
-        if spec.weights is not None or record is None or record.status != "done" or not record.history:
+        if spec.weights is not None or record is None or record.status != "done":
+            continue
+        if isinstance(record, RunSummary):  # the grid index's summary of the record: the same facts, precomputed
+            if not record.epochs:
+                continue
+            device = str(record.device or "unknown device")
+            cells[cost_key(spec)].append((record.seconds_per_epoch, record.train_images, device))
+            continue
+        if not record.history:
             continue
         device = str(record.provenance.get("device_name") or record.provenance.get("device") or "unknown device")
         seconds = sum(epoch.seconds for epoch in record.history) / len(record.history)

@@ -224,7 +224,7 @@ def dry_run_lines(grid: GridConfig, planned: list[PlannedRun], cells: list[Tunin
                   verbose: bool = False) -> list[str]:
     """What `kdbench run --dry-run` prints after the counts: the summary with estimated GPU-hours and, with
     ``verbose``, one line per run (``cells``: the grid's tuning cells, scored)."""
-    measured = measured_rates((run.spec, run.record) for run in planned)
+    measured = measured_rates((run.spec, run.summary) for run in planned)  # the grid index's: no record read
     waiting = {cell.key for cell in cells if cell.selected is None}
     items = plan_items(planned, awaiting_final_specs(grid, waiting), CostModel(measured), rerun)
     lines = ["", *summary_lines(items, measured)]

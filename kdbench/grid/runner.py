@@ -16,11 +16,11 @@ from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
-from kdbench.grid.expand import TuningCell, expand_grid, tuning_cells
-from kdbench.grid.needs import check_method_needs
+from kdbench.grid.expand import TuningCell
+from kdbench.grid.plan import GridPaths, grid_paths, plan_grid, tuning_selections
 from kdbench.grid.progress import GridProgress
-from kdbench.grid.status import PlannedRun, plan_runs, run_status
-from kdbench.grid.tuning import score_configs, write_selections
+from kdbench.grid.status import PlannedRun, run_status
+from kdbench.grid.tuning import write_selections
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
@@ -28,23 +28,10 @@ from kdbench.tracking.mlflow_sync import SyncResult, gather_records, sync_record
 from kdbench.tracking.record import RunRecord, archive_record, read_record
 from kdbench.tracking.resources import ResourceError
 
+# GridPaths, grid_paths, plan_grid and tuning_selections live in kdbench.grid.plan (no torch); importable from here
+__all__ = ["GridOutcome", "GridPaths", "grid_paths", "plan_grid", "run_grid", "tracking_target", "tuning_selections"]
+
 log = logging.getLogger("kdbench")
-
-
-@dataclass(frozen=True)
-class GridPaths:
-    """Where a grid's results live."""
-
-    results_root: Path
-    grid_dir: Path
-    runs_root: Path
-
-
-def grid_paths(grid: GridConfig, results_root: str | Path | None = None) -> GridPaths:
-    """results/<grid>/ and its runs/ folder (results root from the CLI, else the grid's `output`)."""
-    root = Path(results_root or grid.output).resolve()
-    grid_dir = root / grid.name
-    return GridPaths(root, grid_dir, grid_dir / "runs")
 
 
 def artifact_root(paths: GridPaths) -> Path:
@@ -57,28 +44,6 @@ def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | Non
     if not grid.tracking.mlflow:
         return None
     return grid.tracking.uri or default_tracking_uri(paths.results_root), grid.tracking.experiment or grid.name
-
-
-def plan_grid(grid: GridConfig, results_root: str | Path | None = None) -> tuple[GridPaths, list[PlannedRun]]:
-    """Expand and check the grid, then read each run's status; raises ConfigError on bad input.
-
-    Methods with a sweep are planned as their tuning runs plus, where tuning has finished, the final runs of the
-    selected configuration (``tuning_selections``).
-    """
-    paths = grid_paths(grid, results_root)
-    selected = {cell.key: cell.configs[cell.selected] for cell in tuning_selections(grid, paths)
-                if cell.selected is not None}
-    specs = expand_grid(grid, selected)
-    check_method_needs(specs)
-    return paths, plan_runs(specs, paths.runs_root)
-
-
-def tuning_selections(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
-    """Every tuning cell of the grid, scored from its finished tuning runs (selected once all are done)."""
-    cells = tuning_cells(grid)
-    records = {run_id: read_record(paths.runs_root / run_id) for cell in cells for ids in cell.run_ids
-               for run_id in ids}
-    return [score_configs(cell, records) for cell in cells]
 
 
 def record_tuning(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
@@ -203,8 +168,13 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
             progress.add(specs)
         jobs = []
+        teacher_states: dict[str, tuple] = {}  # one look per teacher: thousands of students share a few teachers
         for spec in specs:
-            teacher_state = run_status(paths.runs_root / spec.teacher.run_id) if spec.teacher is not None else None
+            teacher_state = None
+            if spec.teacher is not None:
+                if spec.teacher.run_id not in teacher_states:
+                    teacher_states[spec.teacher.run_id] = run_status(paths.runs_root / spec.teacher.run_id)
+                teacher_state = teacher_states[spec.teacher.run_id]
             if teacher_state is not None and teacher_state[0] != "done":
                 outcome.blocked.append(spec)
                 progress.drop(spec.run_id)
