@@ -241,11 +241,11 @@ def test_full_disk_stops_the_grid_with_one_line_and_a_later_run_completes_it(tmp
         process = start("run", str(grid))
         tid = teacher_id(expected)
         wait_for(lambda: (runs_root / tid / RECORD_NAME).is_file(), 300, "the teacher's record")
-        with (small / "filler").open("wb") as filler:  # fill the disk while the first student trains
+        # Unbuffered: a buffered file would keep the bytes that did not fit and raise ENOSPC again when closed.
+        with (small / "filler").open("wb", buffering=0) as filler:  # fill the disk while the first student trains
             try:
                 while True:
                     filler.write(b"\0" * (1 << 16))
-                    filler.flush()
             except OSError:
                 pass
         out, err = process.communicate(timeout=300)
