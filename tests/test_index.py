@@ -44,7 +44,8 @@ def _scan(runs_root: Path) -> dict[str, str]:
     found = {}
     for record in read_records(runs_root):
         summary, counts = summarize(record)
-        found[record.run_id] = json.dumps([summary.to_json(), counts.__dict__ if counts else None], sort_keys=True)
+        found[record.run_id] = json.dumps([summary.to_json(), {k: list(v) for k, v in counts.__dict__.items()}
+                                           if counts else None], sort_keys=True)
     return found
 
 
@@ -52,7 +53,8 @@ def _indexed(runs_root: Path, update: bool = True) -> dict[str, str]:
     index = load_index(runs_root, with_counts=True, update=update)
     counts = index.class_counts(index.run_ids())
     return {run_id: json.dumps([index.summary(run_id).to_json(),
-                                counts[run_id].__dict__ if run_id in counts else None], sort_keys=True)
+                                {k: list(v) for k, v in counts[run_id].__dict__.items()} if run_id in counts else None],
+                               sort_keys=True)
             for run_id in index.run_ids()}
 
 

@@ -5,8 +5,8 @@ The records stay the truth; the index only spares reading thousands of them. Und
 ``index.jsonl``
     line 1: each run's record signature and sha256 with the facts planning needs (status, code identity, weights
     checksums); then ``S<TAB>run_id<TAB>sha256<TAB>summary`` (state and final metrics, RunSummary) per run and
-    ``C<TAB>...<TAB>counts`` (per-class counts) per finished run. Status, plan and ``--wait`` read line 1 only;
-    the report reads the rest. Written atomically (temporary file, rename).
+    ``C<TAB>...<TAB>counts`` (per-class counts, ClassCounts.encode) per finished run. Status, plan and
+    ``--wait`` read line 1 only; the report reads the rest. Written atomically (temporary file, rename).
 ``journal/``
     one small file per record written (or moved aside) since the last compaction, written atomically by the
     process that writes the record, just before it does. Writers never touch ``index.jsonl``, so concurrent
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.tracking.atomic import TEMP_SUFFIX, atomic_write_bytes
-from kdbench.tracking.summary import ClassCounts, RunFacts, RunSummary, summarize
+from kdbench.tracking.summary import SUMMARY_FIELDS, ClassCounts, RunFacts, RunSummary, summarize
 
 if TYPE_CHECKING:  # pydantic is imported only when a record has to be read
     from kdbench.tracking.record import RunRecord
@@ -53,7 +53,7 @@ JOURNAL_DIR = "journal"
 LOCK_NAME = ".lock"
 FORMAT = "kdbench-index"
 # Bump when a summary's fields change: an index of another version is rebuilt from the records.
-VERSION = 2
+VERSION = 3
 GARBAGE_AFTER_S = 600  # a journal entry whose record has not appeared after this long belongs to a killed writer
 _RECORD, _BACKUP = "record.json", "record.backup.json"  # as kdbench.tracking.record names them (a test checks)
 
@@ -123,12 +123,14 @@ class _Entry:
     sha256: str | None
     facts: RunFacts
     summary: str | None = None  # None: not read from index.jsonl (yet)
-    counts: str | None = None
+    counts: str | None = None  # ClassCounts.encode()
     counts_known: bool = True  # False: not read from index.jsonl (yet)
 
 
 def _new_entry(sig: Signature, sha256: str | None, summary: dict[str, Any], counts: dict[str, Any] | None) -> _Entry:
-    return _Entry(sig, sha256, _facts_of(summary), _dumps(summary), _dumps(counts) if counts is not None else None)
+    """An entry from a summary as ``RunSummary.to_json`` gives it (a journal's) and per-class counts as a dict."""
+    return _Entry(sig, sha256, _facts_of(summary), _dumps([summary[name] for name in SUMMARY_FIELDS]),
+                  ClassCounts(**counts).encode() if counts is not None else None)
 
 
 @dataclass
@@ -170,7 +172,7 @@ class GridIndex:
             if entry.summary is None:
                 self._read_details()
             if entry.summary is not None:
-                found = self._summaries[run_id] = RunSummary.from_json(json.loads(entry.summary))
+                found = self._summaries[run_id] = RunSummary.from_row(json.loads(entry.summary))
         return found
 
     def summaries(self) -> list[RunSummary]:
@@ -180,8 +182,8 @@ class GridIndex:
         pending = [run_id for run_id in self.run_ids()
                    if run_id not in self._summaries and self._entries[run_id].summary is not None]
         texts = [self._entries[run_id].summary for run_id in pending]
-        for run_id, data in zip(pending, json.loads("[" + ",".join(texts) + "]"), strict=True):  # one parse
-            self._summaries[run_id] = RunSummary.from_json(data)
+        for run_id, row in zip(pending, json.loads("[" + ",".join(texts) + "]"), strict=True):  # one parse
+            self._summaries[run_id] = RunSummary.from_row(row)
         return [self._summaries[run_id] for run_id in self.run_ids() if run_id in self._summaries]
 
     def class_counts(self, run_ids: Iterable[str]) -> dict[str, ClassCounts]:
@@ -189,10 +191,8 @@ class GridIndex:
         wanted = [run_id for run_id in run_ids if run_id in self._entries]
         if any(not self._entries[run_id].counts_known for run_id in wanted):
             self._read_details()
-        found = [run_id for run_id in wanted if self._entries[run_id].counts is not None]
-        texts = [self._entries[run_id].counts for run_id in found]
-        parsed = json.loads("[" + ",".join(texts) + "]")  # type: ignore[arg-type]  (one parse for all)
-        return {run_id: ClassCounts(**data) for run_id, data in zip(found, parsed, strict=True)}
+        return {run_id: ClassCounts.decode(self._entries[run_id].counts)  # type: ignore[arg-type]
+                for run_id in wanted if self._entries[run_id].counts is not None}
 
     def _read_details(self) -> None:
         """Summaries and per-class counts of every entry: from index.jsonl where it has them, else the record."""
@@ -212,8 +212,8 @@ def _details_from_record(runs_root: Path, run_id: str, entry: _Entry) -> None:
     if record is None:
         return
     summary, counts = summarize(record)
-    entry.summary = _dumps(summary.to_json())
-    entry.counts = _dumps(counts.__dict__) if counts else None
+    entry.summary = _dumps(summary.to_row())
+    entry.counts = counts.encode() if counts else None
 
 
 def _details_from_file(path: Path, entries: dict[str, _Entry]) -> None:
@@ -270,6 +270,8 @@ def _read_snapshot(path: Path, details: bool) -> _Snapshot:
             if header.get("version") != VERSION:
                 return _Snapshot(exists=True, problem=f"index version {header.get('version')}, this kdbench "
                                                       f"reads {VERSION}")
+            if header.get("summary_fields") != list(SUMMARY_FIELDS):
+                return _Snapshot(exists=True, problem="its summaries have other fields than this kdbench's")
             codes = header["codes"]
             entries = {}
             for run_id, (ino, size, mtime, sha256, status, code, teacher, model) in header["runs"].items():
@@ -486,7 +488,8 @@ def _compact(index_dir: Path, entries: dict[str, _Entry], journal_files: list[Pa
             facts = entry.facts
             code = codes.setdefault(_dumps(facts.code), len(codes)) if facts.code else -1
             runs[run_id] = [*entry.sig, entry.sha256, facts.status, code, facts.teacher_sha256, facts.model_sha256]
-        header = {"format": FORMAT, "version": VERSION, "codes": [json.loads(text) for text in codes], "runs": runs}
+        header = {"format": FORMAT, "version": VERSION, "summary_fields": SUMMARY_FIELDS,
+                  "codes": [json.loads(text) for text in codes], "runs": runs}
         lines = [_dumps(header)]
         lines += [f"S\t{run_id}\t{entry.sha256}\t{entry.summary}" for run_id, entry in sorted(entries.items())
                   if entry.summary is not None]

@@ -6,7 +6,11 @@ and for reports built from records directly, so that both give the same numbers.
 
 from __future__ import annotations
 
+import base64
 import math
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -92,11 +96,23 @@ class RunSummary:
     def from_json(cls, data: dict[str, Any]) -> RunSummary:
         """The summary ``to_json`` wrote."""
         values = dict(data)
-        for name, kind in (("final", Metrics), ("final_val", Metrics), ("best_val", BestValSummary),
-                           ("teacher", TeacherSummary)):
+        for name, kind in _NESTED:
             if values.get(name) is not None:
                 values[name] = kind(*values[name])
         return cls(**values)
+
+    def to_row(self) -> list[Any]:
+        """The values of ``to_json`` in field order (SUMMARY_FIELDS): a third smaller as JSON, faster to read."""
+        return list(self.to_json().values())
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> RunSummary:
+        """The summary ``to_row`` wrote."""
+        return cls.from_json(dict(zip(SUMMARY_FIELDS, row, strict=True)))
+
+
+SUMMARY_FIELDS = tuple(RunSummary.__dataclass_fields__)
+_NESTED = (("final", Metrics), ("final_val", Metrics), ("best_val", BestValSummary), ("teacher", TeacherSummary))
 
 
 class RunFacts(NamedTuple):
@@ -112,9 +128,28 @@ class RunFacts(NamedTuple):
 class ClassCounts:
     """A finished run's final-epoch per-class test counts and its per-class training counts."""
 
-    class_counts: list[int]
-    correct: list[int]
-    total: list[int]
+    class_counts: Sequence[int]
+    correct: Sequence[int]
+    total: Sequence[int]
+
+    def encode(self) -> str:
+        """The three sequences as base64 of little-endian int32s (a 100,000-run index parses them in a second;
+        as JSON numbers they take many)."""
+        values = array("i", [len(self.class_counts), len(self.correct), *self.class_counts, *self.correct,
+                             *self.total])
+        if sys.byteorder == "big":
+            values.byteswap()
+        return base64.b64encode(values.tobytes()).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> ClassCounts:
+        """The counts ``encode`` wrote (as arrays of int)."""
+        values = array("i")
+        values.frombytes(base64.b64decode(text))
+        if sys.byteorder == "big":
+            values.byteswap()
+        n, m = values[0], values[1]
+        return cls(values[2:2 + n], values[2 + n:2 + n + m], values[2 + n + m:])
 
 
 def epoch_totals(seconds: list[float], images_per_s: list[float], test_top1: list[float]) -> dict[str, Any]:
