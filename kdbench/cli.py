@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(sync)
     report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
     _add_report_arguments(report)
-    plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
-                                            "many/medium/few, accuracy against ρ, training curves")
+    plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals and seeds, TRG minus "
+                                            "each method, per-class and its Δ vs vanilla, many/medium/few, "
+                                            "accuracy against ρ, training curves")
     _add_plot_arguments(plot)
     methods = commands.add_parser("methods", help="list the registered methods with their needs and paper")
     methods.add_argument("--markdown", action="store_true", help="print docs/methods.md: every method's loss, "

@@ -21,7 +21,8 @@ def _value(value: object) -> str:
 
 
 def methods_markdown() -> str:
-    """Markdown describing every registered method: paper, module and class docstrings, defaults, needs."""
+    """Markdown describing every built-in method (kdbench.methods): paper, module and class docstrings, defaults,
+    needs; plugins registered in this process are left out, so the output depends on the code alone."""
     import kdbench.methods  # noqa: F401  (registers the built-in methods)
     from kdbench.loss import METHODS
 
@@ -29,6 +30,8 @@ def methods_markdown() -> str:
     described_modules: set[str] = set()
     for name in METHODS.names():
         method = METHODS.get(name)
+        if not method.__module__.startswith("kdbench.methods."):
+            continue
         parts.append(f"## `{name}`\n")
         if method.paper:
             parts.append(f"**Paper:** {method.paper}\n")

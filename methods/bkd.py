@@ -125,6 +125,7 @@ class BKD(DistillLoss):
         "beta": 0.9999,
         "weight_start_epoch": 0,
     }
+    term_weights = {"ce": "ce_weight", "bkd": "kd_weight"}
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> None:

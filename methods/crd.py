@@ -52,7 +52,12 @@ Choices where the paper, RepDistiller and this implementation differ (each delib
   batch). Each rank scores only its own rows, against the shared banks.
 
 Cost: the gathered bank rows are B×(K+1)×feat_dim floats per side, kept for the backward pass (B=64, K=16384:
-≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB).
+≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB). The module gathers
+into two buffers it keeps between steps (``index_select(out=…)``): on the CPU a fresh 0.5 GB tensor per step
+is a fresh mmap whose page faults cost more than the gather itself (CUDA's caching allocator already reuses
+memory, so there it only saves the allocator's bookkeeping). The scores' backward is the one bmm autograd would
+run, written ``bmm(grad, rows)`` on the CPU (bit-identical there, ~7× faster than ``bmm(rowsᵀ, grad)``, which
+copies the transposed rows).
 """
 
 from __future__ import annotations
@@ -69,15 +74,42 @@ from kdbench.loss import DistillLoss, LossContext, Needs, Progress, loss_dtype, 
 from kdbench.methods.kd import KD_TERM_DEFAULTS, PlusKD
 
 
+class _RowScores(torch.autograd.Function):
+    """``bmm(rows, e)`` (B×(K+1)×D by B×D → B×(K+1)), differentiable in ``e`` only; ``rows`` is kept for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, embedding: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)  # a later in-place gather into the same buffer is caught at backward
+        return torch.bmm(rows, embedding.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        if rows.device.type == "cpu":  # same values as autograd's bmm(rowsᵀ, grad), without copying rowsᵀ
+            return torch.bmm(grad.unsqueeze(1), rows).squeeze(1), None
+        return rows.transpose(1, 2).bmm(grad.unsqueeze(2)).squeeze(2), None  # exactly autograd's BmmBackward0
+
+
+def gather_rows(bank: torch.Tensor, contrast_index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``bank[contrast_index]`` (B×(K+1)×D, detached), written into ``out``'s first B·(K+1)·D elements if given."""
+    batch, columns = contrast_index.shape
+    flat = contrast_index.reshape(-1)
+    if out is None:
+        return bank.detach().index_select(0, flat).view(batch, columns, bank.shape[1])
+    rows = out[: flat.numel() * bank.shape[1]].view(flat.numel(), bank.shape[1])
+    torch.index_select(bank.detach(), 0, flat, out=rows)
+    return rows.view(batch, columns, bank.shape[1])
+
+
 def crd_logits(embedding: torch.Tensor, bank: torch.Tensor, contrast_index: torch.Tensor,
-               temperature: float) -> torch.Tensor:
+               temperature: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """B×(K+1) scores ``⟨bank[j], embedding_i⟩/τ`` for ``j = contrast_index[i]`` (one gather, one bmm).
 
     The bank rows are detached (the bank is state, not a parameter); the gradient flows to ``embedding`` only.
+    ``out``: a flat buffer of at least B·(K+1)·D elements (bank's dtype and device) to gather into, reused by
+    the caller across steps; it must not be overwritten before this step's backward (that raises there).
     """
-    batch, columns = contrast_index.shape
-    rows = bank.detach().index_select(0, contrast_index.reshape(-1)).view(batch, columns, bank.shape[1])
-    return torch.bmm(rows, embedding.unsqueeze(2)).squeeze(2) / temperature
+    return _RowScores.apply(embedding, gather_rows(bank, contrast_index, out)) / temperature
 
 
 def nce_normalizer(logits: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -144,6 +176,7 @@ class CRD(DistillLoss):
         "nce_t": 0.07,
         "nce_momentum": 0.5,
     }
+    term_weights = {"ce": "ce_weight", "crd": "crd_weight"}
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -160,6 +193,19 @@ class CRD(DistillLoss):
         self.register_buffer("memory_t", torch.rand(ctx.num_samples, feat_dim) * (2 * bound) - bound)
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
+        # scratch for the gathered bank rows (not state: neither a buffer nor in the state_dict)
+        self._gather_buffers: list[torch.Tensor | None] = [None, None]
+
+    def _gather_buffer(self, side: int, contrast_index: torch.Tensor) -> torch.Tensor:
+        """The flat buffer side ``side`` (0: u, 1: v) gathers its bank rows into; grown (never shrunk) on demand."""
+        size = contrast_index.numel() * self.memory_s.shape[1]
+        buffer = self._gather_buffers[side]
+        if (buffer is None or buffer.numel() < size or buffer.device != self.memory_s.device
+                or buffer.dtype != self.memory_s.dtype):
+            buffer = self._gather_buffers[side] = None  # free the old one before allocating
+            buffer = self._gather_buffers[side] = torch.empty(size, dtype=self.memory_s.dtype,
+                                                              device=self.memory_s.device)
+        return buffer
 
     def _normalizer(self, buffer: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
         """The stored Z, or (first forward) the batch's ``estimate`` of it, stored when training; no host sync."""
@@ -175,8 +221,9 @@ class CRD(DistillLoss):
         with torch.autocast(device_type=f_s.device.type, enabled=False):
             e_s = F.normalize(self.embed_s(f_s.flatten(1).float()), dim=1)
             e_t = F.normalize(self.embed_t(f_t.detach().flatten(1).float()), dim=1)
-            logits_u = crd_logits(e_s, self.memory_t, contrast_index, tau)  # student vs teacher bank
-            logits_v = crd_logits(e_t, self.memory_s, contrast_index, tau)  # teacher vs student bank
+            # student vs teacher bank, teacher vs student bank
+            logits_u = crd_logits(e_s, self.memory_t, contrast_index, tau, self._gather_buffer(0, contrast_index))
+            logits_v = crd_logits(e_t, self.memory_s, contrast_index, tau, self._gather_buffer(1, contrast_index))
             with torch.no_grad():
                 if self.training and active_world() > 1:
                     e_s_all, e_t_all, index, estimate_u, estimate_v = self._global_batch(e_s, e_t, index, logits_u,
@@ -232,3 +279,4 @@ class CRDKD(PlusKD, CRD):
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"),
                   batch_extras=("index", "contrast_index"))
     defaults: dict[str, Any] = {**CRD.defaults, **KD_TERM_DEFAULTS}
+    term_weights = {**CRD.term_weights, "kd": "kd_weight"}

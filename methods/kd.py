@@ -32,6 +32,7 @@ class KD(DistillLoss):
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, NIPS-W 2015"
     needs = Needs(student_taps=("logits",), teacher_taps=("logits",))
     defaults = {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    term_weights = {"ce": "ce_weight", "kd": "kd_weight"}
 
     def forward(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kdbench.loss import DistillLoss, LossContext, Needs, Progress, check_view_rows, register_method
+from kdbench.loss import DistillLoss, LossContext, Needs, Progress, check_view_rows, loss_dtype, register_method
 from kdbench.methods.kd import kd_loss
 
 VARIANTS = ("described", "released")
@@ -90,6 +90,42 @@ def masked_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
                    teacher_logits, temperature)
 
 
+def per_temperature_terms(student: torch.Tensor, teacher: torch.Tensor, kd_student: torch.Tensor,
+                          temperatures: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All temperatures and views at once: (instance n×V, batch rows n×V×B, class rows n×V×C).
+
+    ``student``, ``teacher``, ``kd_student``: V×B×C logits (V views; ``kd_student`` is what the instance term
+    compares with the teacher, e.g. ``masked_kd_loss``'s row replacement); ``temperatures``: n values.
+    ``instance[i, v] = kd_loss(kd_student[v], teacher[v], T_i)``, ``batch_rows[i, v] = _batch_rows(student[v],
+    teacher[v], T_i)``, ``class_rows[i, v] = _class_rows(…)``: the same element-wise operations and row
+    reductions as those functions, batched (one softmax per network and one bmm per product for all n·V), so the
+    values are those of the per-temperature calls. Computed in ``loss_dtype`` (fp16/bf16 → fp32) without autocast.
+    """
+    views, size, classes = student.shape
+    dtype = loss_dtype(student, teacher)
+    temps = temperatures.to(device=student.device, dtype=dtype)
+    scale = temps.view(-1, 1, 1, 1)
+    teacher = teacher.detach().to(dtype)
+    with _full_precision(student):
+        log_p_student = F.log_softmax(kd_student.to(dtype) / scale, dim=-1)
+        log_p_teacher = F.log_softmax(teacher / scale, dim=-1)
+        kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
+        instance = kl.flatten(2).sum(dim=-1) / size * (temperatures.to(student.device) ** 2).to(dtype)[:, None]
+        p_student = F.softmax(student.to(dtype) / scale, dim=-1).flatten(0, 1)
+        p_teacher = F.softmax(teacher / scale, dim=-1).flatten(0, 1)
+        batch_rows = ((p_teacher @ p_teacher.mT - p_student @ p_student.mT) ** 2).sum(dim=-1)
+        class_rows = ((p_teacher.mT @ p_teacher - p_student.mT @ p_student) ** 2).sum(dim=-1)
+    return instance, batch_rows.view(-1, views, size), class_rows.view(-1, views, classes)
+
+
+def _in_order(values: torch.Tensor) -> torch.Tensor:
+    """``((v_0 + v_1) + v_2) + …`` over ``values`` in row-major order: the per-temperature loop's accumulation."""
+    total = 0.0
+    for value in values.flatten().unbind():
+        total = total + value
+    return total
+
+
 @register_method("mlld")
 class MLLD(DistillLoss):
     """Multi-level logit distillation on [weak (B), strong (B)] views (weak_strong view), both through both nets.
@@ -131,6 +167,7 @@ class MLLD(DistillLoss):
         "temperatures": [2.0, 3.0, 4.0, 5.0, 6.0],
         "variant": "described",
     }
+    term_weights = {"ce": "ce_weight", "instance": "kd_weight", "batch": "kd_weight", "class": "kd_weight"}
 
     @classmethod
     def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +190,11 @@ class MLLD(DistillLoss):
         super().__init__(ctx, **hparams)
         self._check(self.hparams)
         self.hparams["temperatures"] = [float(t) for t in self.hparams["temperatures"]]
+        # constants kept on the loss's device (no host-to-device copy per step); float64 holds the Python floats
+        temperatures = self.hparams["temperatures"]
+        self.register_buffer("_temperatures", torch.tensor(temperatures, dtype=torch.float64), persistent=False)
+        self.register_buffer("_released_weak", torch.tensor([t in RELEASED_WEAK_TEMPERATURES for t in temperatures]),
+                             persistent=False)
 
     def forward(
         self,
@@ -190,28 +232,25 @@ class MLLD(DistillLoss):
         size, classes = student_weak.shape
         keep = sample_mask.to(torch.float32)
         keep_class = class_mask.to(torch.float32)
-        instance = batch_term = class_term = 0.0
-        for temperature in self.hparams["temperatures"]:
-            instance = instance + masked_kd_loss(student_weak, teacher_weak, temperature, sample_mask)
-            instance = instance + kd_loss(student_strong, teacher_strong, temperature)
-            batch_term = batch_term + (_batch_rows(student_weak, teacher_weak, temperature) * keep).sum() / size
-            batch_term = batch_term + (_batch_rows(student_strong, teacher_strong, temperature) * keep).sum() / size
-            weak_class_rows = _class_rows(student_weak, teacher_weak, temperature)
-            class_term = class_term + (weak_class_rows * keep_class).sum() / classes
-            class_term = class_term + class_correlation_loss(student_strong, teacher_strong, temperature)
-        return instance, batch_term, class_term
+        teacher_weak = teacher_weak.detach()
+        masked_weak = torch.where(sample_mask[:, None], student_weak, teacher_weak.to(student_weak.dtype))
+        instance, batch_rows, class_rows = per_temperature_terms(
+            torch.stack([student_weak, student_strong]), torch.stack([teacher_weak, teacher_strong]),
+            torch.stack([masked_weak, student_strong]), self._temperatures)
+        batch_terms = (batch_rows * keep).sum(dim=-1) / size  # the sample mask on both views
+        class_terms = (class_rows * torch.stack([keep_class, torch.ones_like(keep_class)])).sum(dim=-1) / classes
+        return _in_order(instance), _in_order(batch_terms), _in_order(class_terms)
 
     def _released(self, student_weak, student_strong, teacher_weak, teacher_strong, sample_mask, class_mask):
+        size, classes = student_weak.shape
         share = sample_mask.to(torch.float32).mean()
         class_share = class_mask.to(torch.float32).mean()
-        instance = batch_term = class_term = 0.0
-        for temperature in self.hparams["temperatures"]:
-            weak_kd = kd_loss(student_weak, teacher_weak, temperature)
-            instance = instance + weak_kd * share
-            if temperature in RELEASED_WEAK_TEMPERATURES:
-                instance = instance + weak_kd
-            else:
-                instance = instance + kd_loss(student_strong, teacher_strong, temperature)
-            batch_term = batch_term + batch_correlation_loss(student_weak, teacher_weak, temperature) * share
-            class_term = class_term + class_correlation_loss(student_weak, teacher_weak, temperature) * class_share
-        return instance, batch_term, class_term
+        instance, batch_rows, class_rows = per_temperature_terms(
+            torch.stack([student_weak, student_strong]), torch.stack([teacher_weak, teacher_strong]),
+            torch.stack([student_weak, student_strong]), self._temperatures)
+        weak_kd = instance[:, 0]
+        strong_kd = torch.where(self._released_weak, weak_kd, instance[:, 1])
+        instance_terms = torch.stack([weak_kd * share, strong_kd], dim=1)
+        batch_terms = batch_rows[:, 0].sum(dim=-1) / size * share
+        class_terms = class_rows[:, 0].sum(dim=-1) / classes * class_share
+        return _in_order(instance_terms), _in_order(batch_terms), _in_order(class_terms)

@@ -93,6 +93,7 @@ class RRD(DistillLoss):
         "tau_s": 0.04,
         "tau_t": 0.10,
     }
+    term_weights = {"ce": "ce_weight", "rrd": "rrd_weight"}
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -138,3 +139,4 @@ class RRDKD(PlusKD, RRD):
 
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"))
     defaults: dict[str, Any] = {**RRD.defaults, **KD_TERM_DEFAULTS}
+    term_weights = {**RRD.term_weights, "kd": "kd_weight"}

@@ -274,6 +274,8 @@ class TRG(DistillLoss):
         "context_tokens": "all",
         "block_size": 2048,
     }
+    term_weights = {"ce": "ce_weight", "kd": "kd_weight", "inner": "inner_weight", "local": "local_weight",
+                    "global": "global_weight"}
 
     @classmethod
     def needs_for(cls, hparams: dict[str, Any]) -> Needs:

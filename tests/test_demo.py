@@ -67,4 +67,10 @@ def test_demo_grid_end_to_end(tmp_path):
     written = {p.name for p in report_dir.iterdir()}
     expected = {"main.csv", "focus.csv", "head_tail.csv", "per_class.csv", "cost.csv", "report.md", "report.html"}
     assert expected <= written
-    assert len(list((report_dir / "plots").glob("*.png"))) == len(list((report_dir / "plots").glob("*.pdf"))) > 0
+    assert "group rule 'default'" in report.stdout and "dataset 'digits' is balanced" in report.stdout
+    # every plot as PNG and PDF: top-1 ×2, ρ, groups (ρ=10 only), and per (dataset, pair) the curves, per-class,
+    # per-class minus vanilla and TRG minus each method
+    kinds = ["top1", "rho", "groups", "curves", "per_class", "per_class_delta", "paired"]
+    plots = sorted(p.stem for p in (report_dir / "plots").glob("*.png"))
+    assert len(plots) == 2 + 1 + 1 + 4 * 2 and {p.stem for p in (report_dir / "plots").glob("*.pdf")} == set(plots)
+    assert all(any(p.startswith(kind) for p in plots) for kind in kinds), plots

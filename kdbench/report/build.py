@@ -214,13 +214,16 @@ class Report:
     provenance_runs: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
-        """All tables as markdown, then notes on the runs, what was skipped and why, then the configuration and
-        provenance section."""
-        parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
+        """All tables as markdown, notes on the runs, what was skipped and why, the configuration and provenance
+        section, and last the focus table (the method under study against each other method), so a terminal
+        ends on the comparison."""
+        focus = [t for t in self.tables if t.name == "focus"]
+        parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables if t.name != "focus")]
         parts += self.notes
         parts += [f"skipped: {reason}" for reason in self.skipped]
         if self.provenance:
             parts.append(section_markdown(self.provenance))
+        parts += [markdown(t) for t in focus]
         return "\n\n".join(parts)
 
 

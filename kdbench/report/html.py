@@ -22,9 +22,10 @@ from kdbench.report.render import cell_text, is_numeric_column
 from kdbench.tracking.atomic import atomic_write
 
 REPORT_NAME = "report.html"
-_KIND_HEADINGS = {"top1": "Top-1 with confidence intervals", "rho": "Accuracy against imbalance ratio ρ",
-                  "groups": "Many / medium / few accuracy", "per_class": "Per-class accuracy against class frequency",
-                  "curves": "Training curves"}
+_KIND_HEADINGS = {"top1": "Top-1 with confidence intervals", "paired": "TRG minus each method, per seed",
+                  "rho": "Accuracy against imbalance ratio ρ", "groups": "Many / medium / few accuracy",
+                  "per_class": "Per-class accuracy against class frequency",
+                  "per_class_delta": "Per-class accuracy minus the baseline's", "curves": "Training curves"}
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
