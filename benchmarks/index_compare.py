@@ -104,6 +104,8 @@ def main() -> None:
     data = args.keep or scratch / "data"
     data.mkdir(parents=True, exist_ok=True)
     try:
+        names = {rev: subprocess.run(["git", "-C", str(AFTER), "rev-parse", "--short", rev], capture_output=True,
+                                     text=True).stdout.strip() for rev in (args.before, args.after)}  # as exported
         (scratch / "before").mkdir()
         (scratch / "after").mkdir()
         before = export(args.before, scratch / "before")
@@ -119,8 +121,6 @@ def main() -> None:
                         measure(base, grid_file, runs_root, after / "benchmarks"))
                     print(f"  round {round_ + 1} {name} done", flush=True)
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-        names = {rev: subprocess.run(["git", "-C", str(AFTER), "rev-parse", "--short", rev], capture_output=True,
-                                     text=True).stdout.strip() for rev in (args.before, args.after)}
         print(f"\nmedian of {args.rounds} rounds; before = {args.before} ({names[args.before]}), after = {args.after} "
               f"({names[args.after]})\n")
         header = "| measurement | " + " | ".join(f"{n:,} runs before | after" for n in sizes) + " |"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from kdbench.tracking.record import RunRecord
 
 if TYPE_CHECKING:
-    from kdbench.tracking.index import RunSummary
+    from kdbench.tracking.summary import RunSummary
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # What decides a run's numbers besides its method: the training step, data, models and the loss interface.
@@ -106,7 +106,7 @@ def stale_reasons(record: RunRecord | RunSummary, teacher_record: RunRecord | Ru
 
     Records written before code identity existed have none and are not called stale. ``current`` is the code
     identity of the record's method (computed when not given). Records and index summaries
-    (kdbench.tracking.index.RunSummary) both work.
+    (kdbench.tracking.summary.RunSummary) both work.
     """
     if record.code and current is None:
         current = code_identity(record.method)

@@ -30,9 +30,10 @@ from kdbench.report.frames import frames_from_index, frames_from_records
 from kdbench.report.groups import RULES
 from kdbench.tracking import index as grid_index
 from kdbench.tracking.atomic import atomic_write_json
-from kdbench.tracking.index import load_index, summarize
+from kdbench.tracking.index import load_index
 from kdbench.tracking.lock import LOCK_NAME, FileLock
 from kdbench.tracking.record import BACKUP_NAME, RECORD_NAME, archive_record, read_record, read_records, write_record
+from kdbench.tracking.summary import epoch_totals, summarize
 from tests_support import REPO
 
 METHODS = ["vanilla", "kd", "dkd", "rkd"]
@@ -43,7 +44,8 @@ def _scan(runs_root: Path) -> dict[str, str]:
     found = {}
     for record in read_records(runs_root):
         summary, counts = summarize(record)
-        found[record.run_id] = json.dumps([summary.to_json(), counts.__dict__ if counts else None], sort_keys=True)
+        found[record.run_id] = json.dumps([summary.to_json(), {k: list(v) for k, v in counts.__dict__.items()}
+                                           if counts else None], sort_keys=True)
     return found
 
 
@@ -51,7 +53,8 @@ def _indexed(runs_root: Path, update: bool = True) -> dict[str, str]:
     index = load_index(runs_root, with_counts=True, update=update)
     counts = index.class_counts(index.run_ids())
     return {run_id: json.dumps([index.summary(run_id).to_json(),
-                                counts[run_id].__dict__ if run_id in counts else None], sort_keys=True)
+                                {k: list(v) for k, v in counts[run_id].__dict__.items()} if run_id in counts else None],
+                               sort_keys=True)
             for run_id in index.run_ids()}
 
 
@@ -353,10 +356,10 @@ def test_report_from_the_index_equals_report_from_a_full_scan(planned_grid):
 
 
 def test_epoch_totals_match_the_history():
-    totals = grid_index.epoch_totals([2.0, 4.0], [100.0, 200.0], [50.0, 52.5])
+    totals = epoch_totals([2.0, 4.0], [100.0, 200.0], [50.0, 52.5])
     assert totals == {"epochs": 2, "seconds_per_epoch": 3.0, "images_per_s": 1000.0 / 6.0, "best_test_top1": 52.5,
                       "max_epoch_seconds": 4.0}
-    empty = grid_index.epoch_totals([], [], [])
+    empty = epoch_totals([], [], [])
     assert empty["epochs"] == 0 and math.isnan(empty["seconds_per_epoch"]) and empty["max_epoch_seconds"] is None
 
 

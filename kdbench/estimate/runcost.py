@@ -23,8 +23,8 @@ from kdbench.estimate.factors import method_factor
 from kdbench.estimate.flops import forward_flops
 from kdbench.estimate.sizes import dataset_sizes
 from kdbench.runspec import RunSpec
-from kdbench.tracking.index import RunSummary
 from kdbench.tracking.record import RunRecord
+from kdbench.tracking.summary import RunSummary
 
 #: The reference GPU the model's seconds are for, and the effective training throughput assumed for it: an
 #: assumption, not a measurement (about 13% of the A100's 156 TFLOP/s TF32 tensor-core peak; ImageNet-size

@@ -10,9 +10,10 @@ from typing import Literal
 
 from kdbench.codeid import current_code_identity, stale_reasons_of
 from kdbench.runspec import RunSpec
-from kdbench.tracking.index import GridIndex, RunSummary, load_index
+from kdbench.tracking.index import GridIndex, load_index
 from kdbench.tracking.lock import LOCK_NAME, LockHolder, lock_holder
 from kdbench.tracking.record import RunRecord, read_record
+from kdbench.tracking.summary import RunSummary
 
 Status = Literal["done", "failed", "running", "interrupted", "new"]
 STATUSES: tuple[Status, ...] = ("done", "failed", "running", "interrupted", "new")

@@ -15,8 +15,9 @@ from kdbench.report.groups import GroupRule
 from kdbench.report.provenance import PROVENANCE_NAME, provenance_json, report_provenance, section_markdown
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
-from kdbench.tracking.index import RunSummary, load_index
+from kdbench.tracking.index import load_index
 from kdbench.tracking.record import RECORD_NAME, RunRecord
+from kdbench.tracking.summary import RunSummary
 from kdbench.tracking.tuning_file import read_tuning_file
 
 

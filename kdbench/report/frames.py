@@ -44,8 +44,9 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
-from kdbench.tracking.index import ClassCounts, GridIndex, RunSummary, load_index, summarize
+from kdbench.tracking.index import GridIndex, load_index
 from kdbench.tracking.record import RunRecord, read_record, read_records  # noqa: F401  (read_records: re-exported)
+from kdbench.tracking.summary import ClassCounts, RunSummary, summarize
 
 KEY_COLUMNS = ["run_id", "grid", "stage", "method", "pair", "dataset", "seed"]
 RUN_COLUMNS = [

@@ -5,8 +5,8 @@ The records stay the truth; the index only spares reading thousands of them. Und
 ``index.jsonl``
     line 1: each run's record signature and sha256 with the facts planning needs (status, code identity, weights
     checksums); then ``S<TAB>run_id<TAB>sha256<TAB>summary`` (state and final metrics, RunSummary) per run and
-    ``C<TAB>...<TAB>counts`` (per-class counts) per finished run. Status, plan and ``--wait`` read line 1 only;
-    the report reads the rest. Written atomically (temporary file, rename).
+    ``C<TAB>...<TAB>counts`` (per-class counts, ClassCounts.encode) per finished run. Status, plan and
+    ``--wait`` read line 1 only; the report reads the rest. Written atomically (temporary file, rename).
 ``journal/``
     one small file per record written (or moved aside) since the last compaction, written atomically by the
     process that writes the record, just before it does. Writers never touch ``index.jsonl``, so concurrent
@@ -31,16 +31,16 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from kdbench.tracking.atomic import TEMP_SUFFIX, atomic_write_bytes
+from kdbench.tracking.summary import SUMMARY_FIELDS, ClassCounts, RunFacts, RunSummary, summarize
 
 if TYPE_CHECKING:  # pydantic is imported only when a record has to be read
     from kdbench.tracking.record import RunRecord
@@ -53,162 +53,11 @@ JOURNAL_DIR = "journal"
 LOCK_NAME = ".lock"
 FORMAT = "kdbench-index"
 # Bump when a summary's fields change: an index of another version is rebuilt from the records.
-VERSION = 2
+VERSION = 3
 GARBAGE_AFTER_S = 600  # a journal entry whose record has not appeared after this long belongs to a killed writer
 _RECORD, _BACKUP = "record.json", "record.backup.json"  # as kdbench.tracking.record names them (a test checks)
 
 Signature = tuple[int, int, int]  # (inode, size, mtime_ns) of record.json: a new atomic write changes the inode
-
-
-class Metrics(NamedTuple):
-    """Test (or validation) metrics of one evaluation."""
-
-    top1: float
-    top5: float
-    balanced_acc: float
-
-
-class BestValSummary(NamedTuple):
-    """The best-validation epoch: its validation top-1 and the test top-1 at that epoch."""
-
-    epoch: int
-    val_top1: float
-    test_top1: float
-
-
-class TeacherSummary(NamedTuple):
-    """The teacher a student used: its run, weights checksum and test top-1."""
-
-    run_id: str
-    arch: str
-    sha256: str
-    top1: float
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What the index keeps of one record: state, final metrics and what stale checks need.
-
-    Attribute names follow RunRecord's where they mean the same (``status``, ``method``, ``code``, ``teacher``,
-    ``model_sha256``, ``final_val``, ``best_val.val_top1``), so code that reads those works on either.
-    """
-
-    run_id: str
-    grid: str
-    stage: str
-    status: str
-    reason: str | None
-    method: str
-    label: str
-    arch: str
-    pair: str
-    dataset: str
-    seed: int
-    subset_seed: int
-    num_classes: int | None
-    tuning: bool
-    teacher_arch: str | None
-    dataset_name: str | None
-    lt_profile: str
-    imbalance_ratio: float
-    params: dict[str, Any]
-    final: Metrics | None
-    final_val: Metrics | None
-    best_val: BestValSummary | None
-    epochs: int
-    seconds_per_epoch: float
-    images_per_s: float
-    best_test_top1: float
-    max_epoch_seconds: float | None
-    student_params: int | None
-    extra_params: int | None
-    peak_memory_bytes: int | None
-    train_images: int  # the sum of the per-class training counts
-    device: str | None  # where it trained (provenance: device name, else device)
-    teacher: TeacherSummary | None
-    model_sha256: str | None
-    code: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (named tuples become lists)."""
-        return {name: (list(value) if isinstance(value, tuple) else value)
-                for name, value in self.__dict__.items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunSummary:
-        """The summary ``to_json`` wrote."""
-        values = dict(data)
-        for name, kind in (("final", Metrics), ("final_val", Metrics), ("best_val", BestValSummary),
-                           ("teacher", TeacherSummary)):
-            if values.get(name) is not None:
-                values[name] = kind(*values[name])
-        return cls(**values)
-
-
-class RunFacts(NamedTuple):
-    """The few facts of a record that planning needs: its status, code identity and weights checksums."""
-
-    status: str
-    code: dict[str, str]
-    teacher_sha256: str | None  # of the teacher weights a student used
-    model_sha256: str | None  # of the run's own weights
-
-
-@dataclass(frozen=True)
-class ClassCounts:
-    """A finished run's final-epoch per-class test counts and its per-class training counts."""
-
-    class_counts: list[int]
-    correct: list[int]
-    total: list[int]
-
-
-def epoch_totals(seconds: list[float], images_per_s: list[float], test_top1: list[float]) -> dict[str, Any]:
-    """epochs, mean seconds per epoch, images/s over all epochs (images / seconds), best test top-1, longest epoch.
-
-    The one place these are computed from a run's history, so that every reader gets the same numbers.
-    """
-    total_seconds = math.fsum(seconds)
-    images = math.fsum(rate * s for rate, s in zip(images_per_s, seconds, strict=True))
-    return {
-        "epochs": len(seconds),
-        "seconds_per_epoch": total_seconds / len(seconds) if seconds else math.nan,
-        "images_per_s": images / total_seconds if total_seconds > 0 else math.nan,
-        "best_test_top1": max(test_top1) if test_top1 else math.nan,
-        "max_epoch_seconds": max(seconds) if seconds else None,
-    }
-
-
-def summarize(record: RunRecord) -> tuple[RunSummary, ClassCounts | None]:
-    """The summary of a record and, for a finished run, its per-class counts."""
-    spec = record.spec
-    dataset = spec.get("dataset") or {}
-    long_tail = dataset.get("long_tail")
-    history = record.history
-    final, final_val, best = record.final, record.final_val, record.best_val
-    summary = RunSummary(
-        run_id=record.run_id, grid=record.grid, stage=record.stage, status=record.status, reason=record.reason,
-        method=record.method, label=record.label, arch=record.arch, pair=record.pair, dataset=record.dataset,
-        seed=record.seed, subset_seed=record.subset_seed, num_classes=record.num_classes,
-        tuning=bool(spec.get("tuning")), teacher_arch=(spec.get("teacher") or {}).get("arch"),
-        dataset_name=dataset.get("name"), lt_profile=long_tail["profile"] if long_tail else "balanced",
-        imbalance_ratio=float(long_tail["imbalance_ratio"]) if long_tail else 1.0,
-        params=dict(spec.get("params") or {}),
-        final=Metrics(final.top1, final.top5, final.balanced_acc) if final else None,
-        final_val=Metrics(final_val.top1, final_val.top5, final_val.balanced_acc) if final_val else None,
-        best_val=BestValSummary(best.epoch, best.val_top1, best.test.top1) if best else None,
-        **epoch_totals([e.seconds for e in history], [e.images_per_s for e in history],
-                       [e.test_top1 for e in history]),
-        student_params=record.student_params, extra_params=record.extra_params,
-        peak_memory_bytes=record.peak_memory_bytes, train_images=sum(record.class_counts),
-        device=record.provenance.get("device_name") or record.provenance.get("device"),
-        teacher=(TeacherSummary(record.teacher.run_id, record.teacher.arch, record.teacher.sha256, record.teacher.top1)
-                 if record.teacher else None),
-        model_sha256=record.model_sha256, code=dict(record.code))
-    counts = None
-    if record.status == "done" and final is not None:
-        counts = ClassCounts(list(record.class_counts), list(final.per_class_correct), list(final.per_class_total))
-    return summary, counts
 
 
 def _signature(path: str) -> Signature | None:
@@ -274,12 +123,14 @@ class _Entry:
     sha256: str | None
     facts: RunFacts
     summary: str | None = None  # None: not read from index.jsonl (yet)
-    counts: str | None = None
+    counts: str | None = None  # ClassCounts.encode()
     counts_known: bool = True  # False: not read from index.jsonl (yet)
 
 
 def _new_entry(sig: Signature, sha256: str | None, summary: dict[str, Any], counts: dict[str, Any] | None) -> _Entry:
-    return _Entry(sig, sha256, _facts_of(summary), _dumps(summary), _dumps(counts) if counts is not None else None)
+    """An entry from a summary as ``RunSummary.to_json`` gives it (a journal's) and per-class counts as a dict."""
+    return _Entry(sig, sha256, _facts_of(summary), _dumps([summary[name] for name in SUMMARY_FIELDS]),
+                  ClassCounts(**counts).encode() if counts is not None else None)
 
 
 @dataclass
@@ -321,7 +172,7 @@ class GridIndex:
             if entry.summary is None:
                 self._read_details()
             if entry.summary is not None:
-                found = self._summaries[run_id] = RunSummary.from_json(json.loads(entry.summary))
+                found = self._summaries[run_id] = RunSummary.from_row(json.loads(entry.summary))
         return found
 
     def summaries(self) -> list[RunSummary]:
@@ -331,8 +182,8 @@ class GridIndex:
         pending = [run_id for run_id in self.run_ids()
                    if run_id not in self._summaries and self._entries[run_id].summary is not None]
         texts = [self._entries[run_id].summary for run_id in pending]
-        for run_id, data in zip(pending, json.loads("[" + ",".join(texts) + "]"), strict=True):  # one parse
-            self._summaries[run_id] = RunSummary.from_json(data)
+        for run_id, row in zip(pending, json.loads("[" + ",".join(texts) + "]"), strict=True):  # one parse
+            self._summaries[run_id] = RunSummary.from_row(row)
         return [self._summaries[run_id] for run_id in self.run_ids() if run_id in self._summaries]
 
     def class_counts(self, run_ids: Iterable[str]) -> dict[str, ClassCounts]:
@@ -340,10 +191,8 @@ class GridIndex:
         wanted = [run_id for run_id in run_ids if run_id in self._entries]
         if any(not self._entries[run_id].counts_known for run_id in wanted):
             self._read_details()
-        found = [run_id for run_id in wanted if self._entries[run_id].counts is not None]
-        texts = [self._entries[run_id].counts for run_id in found]
-        parsed = json.loads("[" + ",".join(texts) + "]")  # type: ignore[arg-type]  (one parse for all)
-        return {run_id: ClassCounts(**data) for run_id, data in zip(found, parsed, strict=True)}
+        return {run_id: ClassCounts.decode(self._entries[run_id].counts)  # type: ignore[arg-type]
+                for run_id in wanted if self._entries[run_id].counts is not None}
 
     def _read_details(self) -> None:
         """Summaries and per-class counts of every entry: from index.jsonl where it has them, else the record."""
@@ -363,8 +212,8 @@ def _details_from_record(runs_root: Path, run_id: str, entry: _Entry) -> None:
     if record is None:
         return
     summary, counts = summarize(record)
-    entry.summary = _dumps(summary.to_json())
-    entry.counts = _dumps(counts.__dict__) if counts else None
+    entry.summary = _dumps(summary.to_row())
+    entry.counts = counts.encode() if counts else None
 
 
 def _details_from_file(path: Path, entries: dict[str, _Entry]) -> None:
@@ -421,6 +270,8 @@ def _read_snapshot(path: Path, details: bool) -> _Snapshot:
             if header.get("version") != VERSION:
                 return _Snapshot(exists=True, problem=f"index version {header.get('version')}, this kdbench "
                                                       f"reads {VERSION}")
+            if header.get("summary_fields") != list(SUMMARY_FIELDS):
+                return _Snapshot(exists=True, problem="its summaries have other fields than this kdbench's")
             codes = header["codes"]
             entries = {}
             for run_id, (ino, size, mtime, sha256, status, code, teacher, model) in header["runs"].items():
@@ -637,7 +488,8 @@ def _compact(index_dir: Path, entries: dict[str, _Entry], journal_files: list[Pa
             facts = entry.facts
             code = codes.setdefault(_dumps(facts.code), len(codes)) if facts.code else -1
             runs[run_id] = [*entry.sig, entry.sha256, facts.status, code, facts.teacher_sha256, facts.model_sha256]
-        header = {"format": FORMAT, "version": VERSION, "codes": [json.loads(text) for text in codes], "runs": runs}
+        header = {"format": FORMAT, "version": VERSION, "summary_fields": SUMMARY_FIELDS,
+                  "codes": [json.loads(text) for text in codes], "runs": runs}
         lines = [_dumps(header)]
         lines += [f"S\t{run_id}\t{entry.sha256}\t{entry.summary}" for run_id, entry in sorted(entries.items())
                   if entry.summary is not None]
