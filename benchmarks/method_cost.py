@@ -179,6 +179,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+    cpu_memory.release_freed_memory()  # else the heap's kept free memory hides what the method adds
     with PeakResidentMemory() as resident:
         parts = assemble(method)
         timed_step(parts, 1)  # warm-up: allocations, one-time state such as CRD's Z

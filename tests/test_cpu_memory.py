@@ -1,4 +1,5 @@
-"""keep_freed_memory: large CPU tensors reuse freed memory while it is active (glibc); nesting; switches."""
+"""keep_freed_memory: large CPU tensors reuse freed memory while it is active (glibc); nesting; switches;
+release_freed_memory."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ CPU = torch.device("cpu")
 # threshold, 32 MiB) allocated, written and freed 4 times, first as glibc does it, then inside the block.
 PROBE = """
 import json, resource, torch
-from kdbench.engine.cpu_memory import keep_freed_memory
+from kdbench.engine.cpu_memory import keep_freed_memory, release_freed_memory
 FLOATS = 48 * 2**20 // 4
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 def faults(repeats):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(repeats):
@@ -29,8 +32,12 @@ default = faults(4)
 with keep_freed_memory(torch.device("cpu")) as kept:
     faults(10)  # the heap grows to a steady state (aligned allocations fragment it a little)
     while_kept = faults(4)
+    held = resident()
+    released = release_freed_memory()
+    handed_back = held - resident()
 pages = FLOATS * 4 // resource.getpagesize()
-print(json.dumps({"kept": kept, "default": default, "while_kept": while_kept, "pages": pages}))
+print(json.dumps({"kept": kept, "default": default, "while_kept": while_kept, "pages": pages, "released": released,
+                  "handed_back": handed_back}))
 """
 
 
@@ -41,6 +48,7 @@ def test_large_tensors_reuse_freed_memory_while_kept() -> None:
     assert probe["kept"]
     assert probe["default"] >= 3 * probe["pages"], probe  # glibc: mmapped and faulted in afresh every time
     assert probe["while_kept"] < probe["pages"], probe  # reused: not even one allocation's pages are new
+    assert probe["released"] and probe["handed_back"] >= 48 * 2**20, probe  # release_freed_memory
 
 
 def test_nesting_only_the_outermost_block_switches(monkeypatch) -> None:

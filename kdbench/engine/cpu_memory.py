@@ -77,3 +77,9 @@ def keep_freed_memory(device: torch.device) -> Iterator[bool]:
             libc.mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
             libc.mallopt(M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_MAX)
             libc.malloc_trim(0)
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap's free memory back to the kernel now (glibc ``malloc_trim``); whether any was handed back."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))
