@@ -1,10 +1,13 @@
 """Time `kdbench report`'s tables over a large synthetic grid (default 10,000 student records + teachers).
 
-The records are written as record.json files first (not timed), then timed phase by phase: reading and validating
-the JSON, building the three frames, building the four tables, writing markdown/CSV/LaTeX. Plots and the HTML
-report are timed separately (kdbench plot).
+The records are written as record.json files first (not timed; the grid index hears of each one first, as from
+kdbench's own writer), then timed phase by phase: loading the runs (through the grid index where this kdbench has
+one, else reading and validating every record), building the four tables, writing markdown/CSV/LaTeX; and the
+whole `kdbench report RUNS --format terminal` command. Plots and the HTML report are timed separately
+(plot_scale.py).
 
     python benchmarks/report_scale.py                           # 4 datasets x 5 pairs x 10 methods x 50 seeds
+    python benchmarks/report_scale.py --runs 1000,10000,100000  # one row per size (seeds = runs / 200)
     python benchmarks/report_scale.py --seeds 5 --classes 10 --epochs 5 --keep /tmp/big
 """
 
@@ -12,17 +15,23 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from kdbench.data.longtail import long_tailed_counts
 from kdbench.report.build import build_tables, write_report
-from kdbench.report.frames import frames_from_records, read_records
 from kdbench.report.groups import RULES
 from kdbench.report.render import FORMATS
 from kdbench.tracking.record import RECORD_NAME, EpochLog, EvalResult, RunRecord
+
+READY = ".records-written"
 
 DATASETS = [None, 10.0, 50.0, 100.0]  # balanced CIFAR-100 and CIFAR-100-LT at rho = 10, 50, 100
 PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"),
@@ -63,6 +72,10 @@ def _record(rng: random.Random, *, rho, teacher, student, method, seed, classes,
 
 def write_records(root: Path, seeds: int, classes: int, epochs: int) -> int:
     """Write the synthetic grid's records under ``root``; return how many."""
+    try:
+        from kdbench.tracking import index
+    except ImportError:  # a kdbench without the grid index
+        index = None
     rng = random.Random(0)
     count = 0
     seen = set()
@@ -78,44 +91,105 @@ def write_records(root: Path, seeds: int, classes: int, epochs: int) -> int:
                 seen.add(record.run_id)
                 folder = root / record.run_id
                 folder.mkdir(parents=True)  # scratch data: a plain write, no fsync per file as real records get
-                (folder / RECORD_NAME).write_text(record.model_dump_json())
+                data = record.model_dump_json().encode()
+                if index is not None:
+                    index.note_record(folder, record, hashlib.sha256(data).hexdigest())
+                (folder / RECORD_NAME).write_bytes(data)
                 count += 1
     return count
+
+
+def _cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load_tables_frames(runs_root: Path):
+    """The frames the tables are built from, as `kdbench report` loads them (the grid index where there is one)."""
+    try:
+        from kdbench.report.frames import frames_from_index
+        from kdbench.tracking.index import load_index
+    except ImportError:  # a kdbench without the grid index: read and validate every record
+        from kdbench.report.frames import frames_from_records, read_records
+
+        return frames_from_records(read_records(runs_root))
+    return frames_from_index(load_index(runs_root, with_counts=True), curves=False)
+
+
+def measure(runs_root: Path, out: Path) -> dict[str, float]:
+    """Time each phase in this (fresh) process, then the `kdbench report` command in its own."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    frames = load_tables_frames(runs_root)
+    timings["load runs s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    report = build_tables(frames, RULES["default"])
+    timings["build tables s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_report(report, out, FORMATS)
+    timings["write s"] = time.perf_counter() - started
+    timings["runs"] = len(frames.runs)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "KDBENCH_CACHE_DIR": str(out / "cache")}
+    for label in ("kdbench report cold", "kdbench report"):  # cold: the first after a code change
+        cpu, started = _cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+        subprocess.run([sys.executable, "-m", "kdbench", "report", str(runs_root.parent), "--format", "terminal",
+                        "--out", str(out / "cli")], check=True, stdout=subprocess.DEVNULL, env=env, timeout=7200)
+        timings[f"{label} s"] = time.perf_counter() - started
+        timings[f"{label} cpu s"] = _cpu(resource.RUSAGE_CHILDREN) - cpu
+    return timings
+
+
+def prepare(root: Path, seeds: int, classes: int, epochs: int) -> Path:
+    """Records under ``root``/scale/runs (once: reused when already there); the first read after them is timed."""
+    runs_root = root / "scale" / "runs"
+    if (root / READY).is_file():
+        return runs_root
+    started = time.perf_counter()
+    n = write_records(runs_root, seeds, classes, epochs)
+    print(f"  wrote {n:,} records ({classes} classes, {epochs} epochs each) in {time.perf_counter() - started:.0f} s "
+          f"(not timed below)", flush=True)
+    try:
+        from kdbench.tracking.index import load_index
+    except ImportError:
+        pass
+    else:
+        started = time.perf_counter()
+        load_index(runs_root, with_counts=True)
+        print(f"  first read after the runs finished (folds {n:,} index entries): "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+    (root / READY).write_text("")
+    return runs_root
 
 
 def main() -> None:
     """Write the records, then time each phase of the report and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=50, help="seeds per (dataset, pair, method); 50 → 10,000 runs")
+    parser.add_argument("--runs", help="comma-separated sizes instead of --seeds (seeds = runs / 200 each)")
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=30, help="history entries per record")
-    parser.add_argument("--keep", type=Path, help="write the records here and keep them (default: a temp dir)")
+    parser.add_argument("--keep", type=Path, help="write the records here and keep them (reused when present)")
+    parser.add_argument("--measure", type=Path, metavar="RUNS_ROOT", help=argparse.SUPPRESS)  # one size, as JSON
     args = parser.parse_args()
+    if args.measure:
+        with tempfile.TemporaryDirectory() as out:
+            print(json.dumps(measure(args.measure, Path(out))))
+        return
+    sizes = [int(n) for n in args.runs.split(",")] if args.runs else [None]
     with tempfile.TemporaryDirectory() as scratch:
-        root = args.keep or Path(scratch)
-        runs_root = root / "scale" / "runs"
-        started = time.perf_counter()
-        n = write_records(runs_root, args.seeds, args.classes, args.epochs)
-        print(f"wrote {n:,} records ({args.classes} classes, {args.epochs} epochs each) in "
-              f"{time.perf_counter() - started:.1f} s (not timed below)")
-        timings = {}
-        started = time.perf_counter()
-        records = read_records(runs_root)
-        timings["read + validate JSON"] = time.perf_counter() - started
-        started = time.perf_counter()
-        frames = frames_from_records(records)
-        timings["build frames"] = time.perf_counter() - started
-        started = time.perf_counter()
-        report = build_tables(frames, RULES["default"])
-        timings["build 4 tables"] = time.perf_counter() - started
-        started = time.perf_counter()
-        write_report(report, root / "scale" / "report", FORMATS)
-        timings["write md/csv/tex"] = time.perf_counter() - started
-        print(f"frames: runs {len(frames.runs):,} rows, per_class {len(frames.per_class):,}, "
-              f"curves {len(frames.curves):,}; main table {len(report.tables[0].data):,} rows")
-        for phase, seconds in timings.items():
-            print(f"  {phase:<22} {seconds:7.2f} s")
-        print(f"  {'total':<22} {sum(timings.values()):7.2f} s")
+        rows = []
+        for size in sizes:
+            seeds = max(1, round(size / 200)) if size else args.seeds
+            root = (args.keep or Path(scratch)) / f"report-{seeds}x{args.classes}x{args.epochs}"
+            print(f"{seeds} seeds per cell:", flush=True)
+            runs_root = prepare(root, seeds, args.classes, args.epochs)
+            out = subprocess.run([sys.executable, __file__, "--measure", str(runs_root)], check=True,
+                                 capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        columns = list(rows[0])
+        print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+        for row in rows:
+            print("| " + " | ".join(f"{row[c]:,.0f}" if c == "runs" else f"{row[c]:.2f}" for c in columns) + " |")
 
 
 if __name__ == "__main__":

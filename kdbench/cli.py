@@ -50,6 +50,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="COLS", default="dataset,pair,method",
                         help="comma-separated cell columns of every table (default dataset,pair,method)")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: results/<grid>/report)")
+    parser.add_argument("--focus", metavar="METHOD", help="the method under study, compared with each other method "
+                                                        "in the last table (default: trg when the grid has it)")
 
 
 def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(run)
     run.add_argument("--executor", choices=["local", "debug", "slurm"], help="override the grid's executor")
     run.add_argument("--wait", action="store_true", help="slurm: block with progress lines until all runs ended")
-    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (runs and estimated GPU-hours per stage × method × pair × dataset) and exit")
+    run.add_argument("--verbose", action="store_true", help="with --dry-run: also list every run")
     run.add_argument("--rerun", action="append", choices=["failed", "stale"], default=[],
                      help="also train again the runs that failed, or the done runs trained by other code or teacher "
                           "weights (stale); repeatable")
@@ -88,16 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_grid_arguments(sync)
     report = commands.add_parser("report", help="main, per-class, head/medium/tail and cost tables of a grid")
     _add_report_arguments(report)
-    plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals, per-class, "
-                                            "many/medium/few, accuracy against ρ, training curves")
+    plot = commands.add_parser("plot", help="PNG and PDF plots of a grid: top-1 with intervals and seeds, TRG minus "
+                                            "each method, per-class and its Δ vs vanilla, many/medium/few, "
+                                            "accuracy against ρ, training curves")
     _add_plot_arguments(plot)
-    commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods = commands.add_parser("methods", help="list the registered methods with their needs and paper")
+    methods.add_argument("--markdown", action="store_true", help="print docs/methods.md: every method's loss, "
+                                                                "defaults, needs and source, from its code")
     commands.add_parser("models", help="list the registered models")
     return parser
 
 
 def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> list:
+    return _plan_and_print(grid, results_root, rerun)[1]
+
+
+def _plan_and_print(grid: GridConfig, results_root: str | None, rerun: list[str] | None = None) -> tuple:
+    """Plan the grid and print its counts, stale warnings and tuning lines; return (paths, planned, tuning cells)."""
     from kdbench.grid import plan_grid
+    from kdbench.grid.plan import tuning_selections
     from kdbench.grid.status import STATUSES, stale_summary, status_counts
 
     paths, planned = plan_grid(grid, results_root)
@@ -110,17 +123,19 @@ def _print_plan(grid: GridConfig, results_root: str | None, rerun: list[str] | N
     retraining = "stale" in (rerun or [])
     for line in stale_summary(planned, retraining):
         print(f"{'stale' if retraining else 'warning'}: {line}")
-    for line in tuning_lines(grid, paths):
+    cells = tuning_selections(grid, paths)
+    for line in tuning_lines(grid, paths, cells):
         print(line)
     print(f"results: {paths.grid_dir}")
-    return planned
+    return paths, planned, cells
 
 
-def tuning_lines(grid: GridConfig, paths) -> list[str]:
-    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait."""
-    from kdbench.grid.runner import tuning_selections
+def tuning_lines(grid: GridConfig, paths, cells: list | None = None) -> list[str]:
+    """The plan's tuning stage: per method cell, configurations, budget, seeds, and the selection or its wait
+    (``cells``: the grid's tuning_selections when already read)."""
+    from kdbench.grid.plan import tuning_selections
 
-    cells = tuning_selections(grid, paths)
+    cells = tuning_selections(grid, paths) if cells is None else cells
     if not cells or grid.tuning is None:
         return []
     largest = max(len(cell.configs) for cell in cells)
@@ -171,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         from kdbench.config import ConfigError
 
         raise ConfigError("\n".join(f"{args.grid}: {line}" for line in problems))
-    planned = _print_plan(grid, args.results, args.rerun)
+    _, planned, cells = _plan_and_print(grid, args.results, args.rerun)
     for line in problems:
         print(f"not ready: {line} (a real run stops here, before anything is submitted)")
     if args.dry_run:
@@ -181,8 +196,10 @@ def _run(args: argparse.Namespace) -> int:
 
             for warning in time_limit_warnings(grid.cluster or ClusterConfig(), planned):
                 print(f"warning: {warning}")
-        for run in planned:
-            print(f"  {run.status:<11} {run.spec.run_id} {run.spec.describe()}")
+        from kdbench.grid.plan_summary import dry_run_lines
+
+        for line in dry_run_lines(grid, planned, cells, args.rerun, args.verbose):
+            print(line)
         return EXIT_OK
     if (args.executor or grid.executor.kind) == "slurm":
         from kdbench.cli_slurm import run_on_slurm
@@ -245,10 +262,17 @@ def _print_report(runs_root: Path) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from kdbench.grid import grid_paths
+    from kdbench.grid import plan_cache
+
+    with plan_cache.reading():  # the grid and its runs as validated and expanded before: no torch import
+        return _status(args)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kdbench.grid import grid_paths, plan_cache
     from kdbench.grid.manifest import slurm_root
 
-    grid = load_grid(args.grid, data_root=args.data_root)
+    grid = plan_cache.load_grid(args.grid, data_root=args.data_root)
     if slurm_root(grid_paths(grid, args.results).grid_dir).is_dir():
         from kdbench.cli_slurm import slurm_status
 
@@ -256,25 +280,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     planned = _print_plan(grid, args.results)
     for run in planned:
         if run.status == "running":
-            print(f"  running {run.spec.run_id} {run.spec.describe()}: "
+            print(f"  running {run.run_id} {run.spec.describe()}: "
                   f"{run.holder.describe() if run.holder else 'holder unknown'}")
-        elif run.status == "failed" and run.record is not None:
-            print(f"  failed {run.spec.run_id} {run.spec.describe()}: {run.record.reason}")
+        elif run.status == "failed" and run.summary is not None:
+            print(f"  failed {run.run_id} {run.spec.describe()}: {run.summary.reason}")
         elif run.stale:
-            print(f"  stale {run.spec.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
+            print(f"  stale {run.run_id} {run.spec.describe()}: {', '.join(run.stale)} changed")
     return EXIT_RUNS_FAILED if any(run.status == "failed" for run in planned) else EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from kdbench.report.build import run_report
+    from kdbench.grid import plan_cache
 
-    report = run_report(args)
+    with plan_cache.reading():  # a grid file as validated before: no torch import
+        from kdbench.report.build import run_report
+
+        report = run_report(args)
     if args.format in ("terminal", "all"):
         print(report.text())
     else:
         for note in report.notes:
             print(note)
     print(f"\nwrote {len(report.written)} files under {report.written[0].parent}" if report.written else "")
+    html = [path for path in report.written if path.suffix == ".html"]
+    if html:
+        print(f"HTML report: {html[0]}")
     return EXIT_OK
 
 
@@ -288,7 +318,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_methods(_: argparse.Namespace) -> int:
+def _cmd_methods(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from kdbench.docs import methods_markdown
+
+        print(methods_markdown(), end="")
+        return EXIT_OK
     import kdbench.methods  # noqa: F401
     from kdbench.loss import METHODS
 
@@ -380,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from kdbench.config import ConfigError
+    from kdbench.config_errors import ConfigError  # kdbench.config's, without importing the grid schema yet
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow resets its logger level when imported
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[_StdoutHandler(sys.stdout)])

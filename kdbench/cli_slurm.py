@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from kdbench.cli import EXIT_OK, EXIT_RUNS_FAILED, sync_after_run
-from kdbench.config import GridConfig
+
+if TYPE_CHECKING:
+    from kdbench.config import GridConfig
 
 
 def _print_failures(states) -> None:
@@ -47,8 +50,7 @@ def run_on_slurm(grid: GridConfig, args: argparse.Namespace) -> int:
 def slurm_status(grid: GridConfig, args: argparse.Namespace) -> int:
     """`kdbench status` for a grid submitted to Slurm: per-stage counts and the tail of each failure."""
     from kdbench.grid import plan_grid
-    from kdbench.grid.slurm_status import slurm_run_states
-    from kdbench.grid.slurm_submit import format_counts
+    from kdbench.grid.slurm_status import format_counts, slurm_run_states
 
     paths, planned = plan_grid(grid, args.results)
     states = slurm_run_states(planned, paths.grid_dir)

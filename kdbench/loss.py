@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,10 +30,29 @@ def register_method(name: str):
         if shadowed:
             raise ValueError(f"method '{name}' defines {', '.join(shadowed)}, which every method has (the student's "
                              "CE term); rename it")
+        check_term_weights(name, cls)
         cls.name = name
         return METHODS.register(name)(cls)
 
     return decorator
+
+
+def check_term_weights(name: str, cls: type[DistillLoss]) -> None:
+    """Raise ValueError unless every weight ``cls.term_weights`` names is a numeric key of ``cls.defaults``.
+
+    The inherited ``{"ce": "ce_weight"}`` of a method without a ``ce_weight`` only leaves its CE as logged.
+    """
+    if cls.term_weights is DistillLoss.term_weights:
+        return
+    numeric = [key for key, value in cls.defaults.items() if _is_number(value)]
+    for term, weight in cls.term_weights.items():
+        if weight not in numeric:
+            raise ValueError(f"method '{name}': term_weights['{term}'] = '{weight}' must name a numeric "
+                             f"hyper-parameter of its defaults; allowed: {', '.join(numeric) or 'none'}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -200,12 +220,23 @@ class DistillLoss(nn.Module):
     ``logit_adjusted``, ``tau`` (default 1): its "ce" term is ``self.student_ce_loss(logits, target)``, which is
     ``F.cross_entropy`` for plain and the CE of ``logits + τ·log π`` otherwise (``logit_adjusted_ce``; π from
     ``ctx.class_counts``; balanced_softmax is τ = 1, kept as its own name so reports show what the grid asked).
+
+    ``term_weights`` says which hyper-parameter multiplies each returned term, e.g. ``{"ce": "ce_weight",
+    "kd": "kd_weight"}`` for ``ce_weight·CE + kd_weight·KD`` (default ``{"ce": "ce_weight"}``). The records keep
+    the weighted terms; the report's training curves divide each by its weight from the run's hyper-parameters
+    to plot it unweighted (a term whose weight is 0 is left out; a term not named here is plotted as logged and
+    labelled so). Every name must be a key of ``defaults`` (checked at registration). A weight that changes with
+    the epoch (DKD's warm-up) overrides ``term_scales`` and says how in ``term_weight_note``.
     """
 
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
     defaults: ClassVar[dict[str, Any]] = {}
+    #: logged term → the hyper-parameter that multiplies it (see the class docstring)
+    term_weights: ClassVar[dict[str, str]] = {"ce": "ce_weight"}
+    #: one line for the report when a weight is not just a hyper-parameter (e.g. a warm-up factor)
+    term_weight_note: ClassVar[str] = ""
     #: K negatives per sample, set by methods whose needs include the batch extra "contrast_index"
     contrast_k: int | None = None
 
@@ -257,6 +288,18 @@ class DistillLoss(nn.Module):
         elif mode == "balanced_softmax":
             resolved["student_ce"] = mode
         return resolved
+
+    @classmethod
+    def term_scales(cls, hparams: dict[str, Any], epochs: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The factor each logged term was multiplied by at each of ``epochs`` (1-based), from ``term_weights``.
+
+        ``hparams`` are a run's (resolved) hyper-parameters, overlaid on ``defaults``; a term whose weight is not a
+        hyper-parameter here is absent. Override (calling this) when a weight varies with the epoch.
+        """
+        resolved = {**cls.defaults, **hparams}
+        shape = np.shape(epochs)
+        return {term: np.full(shape, float(resolved[weight])) for term, weight in cls.term_weights.items()
+                if _is_number(resolved.get(weight))}
 
     def student_ce_loss(self, logits: torch.Tensor, target: torch.Tensor, *,
                         label_smoothing: float = 0.0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training recipes: the full Recipe (PROTOCOL.md's CIFAR defaults) and partial overrides of it."""
+"""Training recipes: the full Recipe (docs/protocol.md's CIFAR defaults) and partial overrides of it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Recipe(BaseModel):
-    """A training recipe (PROTOCOL.md defaults are the CIFAR ones)."""
+    """A training recipe (docs/protocol.md defaults are the CIFAR ones)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

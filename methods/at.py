@@ -68,6 +68,7 @@ class AT(DistillLoss):
     paper = "Zagoruyko & Komodakis, Paying More Attention to Attention (attention transfer), ICLR 2017"
     needs = Needs(student_taps=("logits", "stage*"), teacher_taps=("stage*",))
     defaults = {"ce_weight": 1.0, "at_weight": 1000.0, "p": 2.0}
+    term_weights = {"ce": "ce_weight", "at": "at_weight"}
 
     def __init__(self, ctx: LossContext, **hparams) -> None:
         super().__init__(ctx, **hparams)

@@ -1,7 +1,7 @@
 """BKD: Zhang, Chen, Hu & Peng, "Balanced Knowledge Distillation for Long-tailed Learning", Neurocomputing 2023.
 
 Specified from the authors' released code (EricZsy/BalancedKnowledgeDistillation: ``BKDLoss`` in losses.py, the
-class weights in train_student.py), as ``design/METHODS.md`` says; the paper's own equations were not readable.
+class weights in train_student.py); the paper's own equations were not readable.
 
 ``L = ce_weight·CE(z, y) + kd_weight·T²·mean_batch KL(q̃ ‖ softmax(z/T))`` with the teacher's target reweighted
 per class and renormalised per sample, ``q̃_c = w_c·q_c / Σ_k w_k·q_k``, ``q = softmax(v/T)`` (teacher logits v),
@@ -125,6 +125,7 @@ class BKD(DistillLoss):
         "beta": 0.9999,
         "weight_start_epoch": 0,
     }
+    term_weights = {"ce": "ce_weight", "bkd": "kd_weight"}
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> None:

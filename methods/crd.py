@@ -1,6 +1,6 @@
 """CRD: Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020.
 
-Follows METHODS.md (which follows RepDistiller, the authors' code, where it and the paper differ).
+Follows RepDistiller, the authors' code, where it and the paper differ.
 
 Notation. ``e_s = normalize(g_s(f_s))`` and ``e_t = normalize(g_t(f_t))`` are the 128-d embeddings of the
 student's and the teacher's ``pooled`` features (heads ``g_s``, ``g_t``: Linear(D→feat_dim), both trained; the
@@ -176,6 +176,7 @@ class CRD(DistillLoss):
         "nce_t": 0.07,
         "nce_momentum": 0.5,
     }
+    term_weights = {"ce": "ce_weight", "crd": "crd_weight"}
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -282,3 +283,4 @@ class CRDKD(PlusKD, CRD):
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"),
                   batch_extras=("index", "contrast_index"))
     defaults: dict[str, Any] = {**CRD.defaults, **KD_TERM_DEFAULTS}
+    term_weights = {**CRD.term_weights, "kd": "kd_weight"}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 import torch
 
 from kdbench.loss import DistillLoss, Needs, Progress, loss_dtype, register_method
@@ -124,11 +128,26 @@ class DKD(DistillLoss):
       (mdistiller); both logs of the binary distribution are floored at LOG_FLOOR = −100.
     - The target is masked with −inf before the non-target log-sum-exp (mdistiller subtracts 1000 instead).
     - ``warmup`` ≤ 0 means no warm-up. Labels are checked (integer, one per sample, in [0, C)) before the CE.
+
+    β depends on the pair in the authors' CIFAR-100 configurations: 8 (the default) for most pairs, 2 for
+    resnet56→resnet20 and resnet110→resnet32, 6 for wrn_40_2→wrn_16_2, wrn_40_2→wrn_40_1, vgg13→vgg8 and
+    vgg13→MobileNetV2 (``experiments/cifar100.yaml`` sets them as per-pair overrides). ImageNet: α 0.5, T 1,
+    warm-up 1 epoch, β 0.5 for resnet34→resnet18 and 2 for resnet50→mobilenet_v1 (``experiments/imagenet.yaml``).
     """
 
     paper = "Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022"
     needs = Needs(student_taps=("logits",), teacher_taps=("logits",), integer_labels=True)
     defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20.0}
+    term_weights = {"ce": "ce_weight", "tckd": "alpha", "nckd": "beta"}
+    term_weight_note = "dkd: tckd and nckd are also divided by the warm-up factor min(epoch / warmup, 1) of each epoch"
+
+    @classmethod
+    def term_scales(cls, hparams: dict[str, Any], epochs: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """α and β times the epoch's warm-up factor (constant within an epoch, so the division is exact)."""
+        scales = super().term_scales(hparams, epochs)
+        warmup = float({**cls.defaults, **hparams}["warmup"])
+        factor = np.minimum(np.asarray(epochs, dtype=float) / warmup, 1.0) if warmup > 0 else 1.0  # warmup_factor
+        return {term: scale * factor if term in ("tckd", "nckd") else scale for term, scale in scales.items()}
 
     def forward(
         self,

@@ -72,6 +72,7 @@ class FitNet(DistillLoss):
     paper = "Romero, Ballas, Kahou, Chassang, Gatta & Bengio, FitNets: Hints for Thin Deep Nets, ICLR 2015"
     needs = Needs(student_taps=("logits", "stage2"), teacher_taps=("stage2",))
     defaults = {"ce_weight": 1.0, "hint_weight": 100.0, "hint_stage": 2}
+    term_weights = {"ce": "ce_weight", "hint": "hint_weight"}
 
     @classmethod
     def needs_for(cls, hparams: dict[str, Any]) -> Needs:

@@ -25,13 +25,14 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class KD(DistillLoss):
     """w_ce·CE + w_kd·T²·KL(teacher ‖ student) on softened logits.
 
-    Defaults are the CIFAR ones of METHODS.md (T=4, w_ce=0.1, w_kd=0.9); ImageNet uses T=1, 0.5/0.5 and
+    Defaults are the CIFAR ones of the CRD and DKD benchmarks (T=4, w_ce=0.1, w_kd=0.9); ImageNet uses T=1, 0.5/0.5 and
     Hinton's MNIST experiment T=20 — set them in the grid file.
     """
 
     paper = "Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, NIPS-W 2015"
     needs = Needs(student_taps=("logits",), teacher_taps=("logits",))
     defaults = {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    term_weights = {"ce": "ce_weight", "kd": "kd_weight"}
 
     def forward(
         self,

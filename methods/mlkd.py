@@ -119,6 +119,7 @@ class MLKD(DistillLoss):
         "predictor_expansion": 16,
         "feat_dim": 128,
     }
+    term_weights = {"ce": "ce_weight", "corr": "corr_weight", "supcon": "supcon_weight", "align": "align_weight"}
 
     def __init__(self, ctx: LossContext, **hparams) -> None:
         super().__init__(ctx, **hparams)

@@ -168,6 +168,7 @@ class MLLD(DistillLoss):
         "temperatures": [2.0, 3.0, 4.0, 5.0, 6.0],
         "variant": "described",
     }
+    term_weights = {"ce": "ce_weight", "instance": "kd_weight", "batch": "kd_weight", "class": "kd_weight"}
 
     @classmethod
     def resolve_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

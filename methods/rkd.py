@@ -87,6 +87,7 @@ class RKD(DistillLoss):
     paper = "Park, Kim, Lu & Cho, Relational Knowledge Distillation, CVPR 2019"
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("pooled",))
     defaults = {"ce_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}
+    term_weights = {"ce": "ce_weight", "rkd_distance": "distance_weight", "rkd_angle": "angle_weight"}
 
     def forward(
         self,

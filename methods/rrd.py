@@ -1,6 +1,6 @@
 """RRD: Giakoumoglou & Stathaki, "Relational Representation Distillation", 2024 (arXiv:2407.12073).
 
-Follows METHODS.md. ``e_s = normalize(g_s(f_s))``, ``e_t = normalize(g_t(f_t))`` embed the ``pooled`` features
+``e_s = normalize(g_s(f_s))``, ``e_t = normalize(g_t(f_t))`` embed the ``pooled`` features
 (heads Linear(D→feat_dim)); ``Q`` is a FIFO queue of the last K teacher embeddings. With ``s_s = e_s·Qᵀ`` and
 ``s_t = e_t·Qᵀ`` (B×K), ``L_rrd = −mean_i Σ_k softmax(s_t/τ_t)_ik · log softmax(s_s/τ_s)_ik`` (``rrd_loss``), the
 teacher side detached; ``L = ce_weight·CE + rrd_weight·L_rrd`` (+ ``kd_weight·KD`` for ``rrd_kd``).
@@ -12,7 +12,7 @@ under ``no_grad``, so the optimiser (which receives ``loss.parameters()``) never
 included. It is still checkpointed with the module's ``state_dict``.
 
 Choices where the authors' code (giakoumoglou/distillers, ``RRD_FifoMemory_Loss``) and this implementation
-differ, following METHODS.md:
+differ (each choice is ours, named here):
 
 * Enqueue order: their code enqueues the batch's teacher embeddings *before* scoring, so each sample's own
   teacher embedding is in the queue it is scored against; here the queue is updated *after* the loss (as the
@@ -93,6 +93,7 @@ class RRD(DistillLoss):
         "tau_s": 0.04,
         "tau_t": 0.10,
     }
+    term_weights = {"ce": "ce_weight", "rrd": "rrd_weight"}
 
     def __init__(self, ctx: LossContext, **hparams: Any) -> None:
         super().__init__(ctx, **hparams)
@@ -138,3 +139,4 @@ class RRDKD(PlusKD, RRD):
 
     needs = Needs(student_taps=("logits", "pooled"), teacher_taps=("logits", "pooled"))
     defaults: dict[str, Any] = {**RRD.defaults, **KD_TERM_DEFAULTS}
+    term_weights = {**RRD.term_weights, "kd": "kd_weight"}

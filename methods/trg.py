@@ -26,7 +26,7 @@ positions for student and teacher, re-drawn every step. The B·m sampled tokens 
 Which choices are the paper's and which are ours. The paper's full text and code were not available; its
 structure (token graph, kNN with Gaussian edges built on the teacher, local preserving KL, global contrastive
 loss with a dynamic temperature, contextual inner-instance loss, plus KD and CE) comes from its abstract and
-secondary summaries (``design/METHODS.md``). Every number is ours: m=16, k=8, σ=1, τ_l=0.1, the cosine
+secondary summaries of the paper. Every number is ours: m=16, k=8, σ=1, τ_l=0.1, the cosine
 0.2→0.05 τ_g schedule, 128-d projections, the weights λ=1, α=100, β=1, γ=0.5 and T=4. Also ours: tokens taken
 after the last stage's activation (CNN) or final norm (ViT); average pooling for grid matching; sampling per
 image without replacement; the forward KL direction; the contextual loss over all G×G tokens of each image
@@ -274,6 +274,8 @@ class TRG(DistillLoss):
         "context_tokens": "all",
         "block_size": 2048,
     }
+    term_weights = {"ce": "ce_weight", "kd": "kd_weight", "inner": "inner_weight", "local": "local_weight",
+                    "global": "global_weight"}
 
     @classmethod
     def needs_for(cls, hparams: dict[str, Any]) -> Needs:

@@ -14,6 +14,7 @@ class Vanilla(DistillLoss):
     paper = "baseline: cross-entropy only (no distillation)"
     needs = Needs(student_taps=("logits",), teacher_taps=())
     defaults = {"ce_weight": 1.0, "label_smoothing": 0.0}
+    term_weights = {"ce": "ce_weight"}
 
     def forward(
         self,

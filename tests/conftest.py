@@ -34,6 +34,12 @@ def tiny_grid_raw(tmp_path: Path) -> dict:
     return raw
 
 
+@pytest.fixture(autouse=True)
+def _private_kdbench_cache(tmp_path_factory, monkeypatch):
+    """Each test (and the kdbench processes it starts) gets its own empty kdbench.diskcache, never ~/.cache."""
+    monkeypatch.setenv("KDBENCH_CACHE_DIR", str(tmp_path_factory.mktemp("kdbench-cache")))
+
+
 @pytest.fixture(scope="session")
 def slurm_submitted(tmp_path_factory):
     """The Slurm tests' grids, submitted once (tests/slurm_grids.py)."""

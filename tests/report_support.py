@@ -24,19 +24,25 @@ def make_record(method: str, seed: int, top1: float, *, grid: str = "g", data: D
                 correct: list[int] | None = None, total: list[int] | None = None,
                 class_counts: list[int] | None = None, best_val: float | None = None, status: str = "done",
                 extra_params: int = 0, seconds: tuple[float, ...] = (2.0, 4.0), images: float = 100.0,
-                stage: str = "student", teacher_run: str = "t" * 16) -> RunRecord:
+                stage: str = "student", teacher_run: str = "t" * 16, teacher_arch: str = TEACHER,
+                student_arch: str = STUDENT, recipe: Recipe | None = None,
+                params: dict | None = None) -> RunRecord:
     """A record of ``method`` (teacher arch resnet56 → student resnet20, or the teacher itself) with chosen numbers.
 
     ``vanilla`` students have no teacher (as kdbench's grid expansion makes them); ``best_val`` (test top-1 at
-    the best validation epoch) adds a validation result; ``seconds`` gives one epoch per entry.
+    the best validation epoch) adds a validation result; ``seconds`` gives one epoch per entry. ``teacher_arch``,
+    ``student_arch``, ``recipe`` (default: the default recipe over ``len(seconds)`` epochs) and ``params``
+    (default: {'tag': method} for students) change the spec.
     """
     data = data or dataset()
     uses_teacher = stage == "student" and method != "vanilla"
-    spec = RunSpec(stage=stage, dataset=data, arch=TEACHER if stage == "teacher" else STUDENT,
-                   teacher=TeacherRef(arch=TEACHER, run_id=teacher_run) if uses_teacher else None,
+    default_params = {"tag": method} if stage == "student" else {}
+    spec = RunSpec(stage=stage, dataset=data, arch=teacher_arch if stage == "teacher" else student_arch,
+                   teacher=TeacherRef(arch=teacher_arch, run_id=teacher_run) if uses_teacher else None,
                    method="vanilla" if stage == "teacher" else method.split("(")[0],
-                   params={"tag": method} if stage == "student" else {}, recipe=Recipe(epochs=len(seconds)),
-                   seed=seed, label="teacher" if stage == "teacher" else method)
+                   params=default_params if params is None else params,
+                   recipe=recipe or Recipe(epochs=len(seconds)), seed=seed,
+                   label="teacher" if stage == "teacher" else method)
     correct = correct if correct is not None else [1, 1]
     total = total if total is not None else [2, 2]
     final = _eval(top1, correct, total) if status == "done" else None
@@ -55,4 +61,5 @@ def make_record(method: str, seed: int, top1: float, *, grid: str = "g", data: D
         class_counts=class_counts if class_counts is not None else [10] * len(total), final=final,
         best_val=best, history=history, student_params=1000, extra_params=extra_params,
         peak_memory_bytes=2**30, model_sha256=None,
-        teacher=TeacherInfo(run_id=teacher_run, arch=TEACHER, sha256="0" * 64, top1=72.0) if uses_teacher else None)
+        teacher=TeacherInfo(run_id=teacher_run, arch=teacher_arch, sha256="0" * 64, top1=72.0)
+        if uses_teacher else None)

@@ -68,11 +68,15 @@ def test_dry_run_then_run_status_report(tiny_grid_raw, tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "teacher runs: 1 (0 done, 0 failed, 0 running, 0 interrupted, 1 new)" in dry.stdout
     assert "student runs: 4 (0 done" in dry.stdout
+    assert "plan: 5 runs by stage × method × pair × dataset" in dry.stdout and "est. GPU-h" in dry.stdout
     assert not (Path(raw["output"]) / "tiny" / "runs").exists()
 
     run = _kdbench("run", str(grid))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "epoch 2/2" in run.stdout  # progress while it runs
+    epoch_line = next(line for line in run.stdout.splitlines() if "epoch 2/2" in line)
+    assert "| elapsed " in epoch_line and epoch_line.endswith("ETA 0:00")  # the run's last epoch
+    assert "runs 5/5 done, elapsed " in run.stdout  # the grid's progress after each run
     assert "mean ± sample std" in run.stdout and "kd" in run.stdout and "MLflow:" in run.stdout
     assert "records: " in run.stdout
 

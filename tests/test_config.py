@@ -56,14 +56,25 @@ def test_epochs_not_positive(epochs):
     assert f"recipe.epochs = {epochs}" in message and "greater than 0" in message
 
 
-def test_missing_dataset_root(tmp_path):
-    message = _error(_with(datasets=[{"name": "mnist", "root": str(tmp_path / "nowhere")}]))
-    assert "datasets[0]" in message and "nowhere" in message
+def test_missing_dataset_root_plans_and_preflight_names_it(tmp_path):
+    from kdbench.grid.preflight import preflight_problems
+
+    grid = parse_grid(_with(datasets=[{"name": "mnist", "root": str(tmp_path / "nowhere")}]))  # planning needs no data
+    (problem,) = preflight_problems(grid)  # `kdbench run` stops on it before anything is trained or submitted
+    assert problem.startswith("datasets[0].root: ") and "nowhere" in problem
 
 
 def test_dataset_root_required_for_mnist():
-    message = _error(_with(datasets=[{"name": "mnist"}]))
-    assert "datasets[0]" in message and "root" in message
+    from kdbench.grid.preflight import preflight_problems
+
+    (problem,) = preflight_problems(parse_grid(_with(datasets=[{"name": "mnist"}])))
+    assert problem.startswith("datasets[0].root: ") and "none is set" in problem
+
+
+def test_long_tail_checks_run_without_the_files(tmp_path):
+    message = _error(_with(datasets=[{"name": "cifar100", "root": str(tmp_path),
+                                      "long_tail": {"imbalance_ratio": 1000}}]))
+    assert "datasets[0]: dataset.long_tail.imbalance_ratio: 1000" in message
 
 
 def test_duplicate_pair():

@@ -56,10 +56,12 @@ PARAMS_100 = {
     "mlp_800x2": 1_348_900,
     "cnn_small": 8_148,
     "cnn_large": 105_796,
+    "cnn2_w32": 25_412,  # the demo's models, for native 8×8 digits
+    "cnn2_w8": 2_972,
 }
 ZOO = [n for n in PARAMS_100 if not n.startswith(("mlp", "cnn"))]
 IMAGENET = {"resnet18", "resnet34", "resnet50", "mobilenet_v1"}  # 224 px models, tested in test_imagenet_models.py
-SMALL = ["mlp_1200x2", "mlp_800x2", "cnn_small", "cnn_large"]
+SMALL = ["mlp_1200x2", "mlp_800x2", "cnn_small", "cnn_large", "cnn2_w32", "cnn2_w8"]
 SLOW = {"ResNet50", "vgg19"}
 NUM_STAGES = {"vgg": 4, "resnet": 4, "mobilenetv2": 4, "cifar_resnet": 3, "wide_resnet": 3, "shufflenet": 3, "mlp": 2}
 # Models whose stageK is ReLU(pre_stageK).
@@ -110,7 +112,7 @@ def test_zoo_info(name: str) -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_small_models_info_and_kwargs(name: str) -> None:
     info = model_info(name)
-    assert (info.input_size, info.in_channels) == (28, 1)
+    assert (info.input_size, info.in_channels) == ((8, 1) if name.startswith("cnn2_") else (28, 1))
     model = build_model(name, 10, input_size=12, in_channels=3).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 12, 12)).shape == (2, 10)

@@ -78,9 +78,9 @@ def test_cli_report_writes_every_format(tmp_path, capsys):
     assert "35/34/31" in out and "group rule 'oltr'" in out and "Δ vs vanilla" in out
     written = sorted(p.name for p in (tmp_path / "g" / "report").iterdir())
     tables = ("main", "per_class", "head_tail", "cost")
-    # `all` = every table format, the HTML page and the plots folder
+    # `all` = every table format, the HTML page, the plots folder and the configuration and provenance (JSON)
     assert written == sorted([f"{t}.{e}" for t in tables for e in ("csv", "md", "tex")]
-                             + ["report.md", "report.html", "plots"])
+                             + ["report.md", "report.html", "plots", "provenance.json"])
     assert main(["report", str(runs), "--filter", "method=kd", "--format", "csv", "--out", str(tmp_path / "o")]) == 0
     assert pd.read_csv(tmp_path / "o" / "main.csv")["method"].tolist() == ["kd"]
     for group_by in ("method,imbalance_ratio", "dataset,method", "pair,method"):  # pooled cells still build

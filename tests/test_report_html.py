@@ -68,7 +68,7 @@ def _console_errors(log: str) -> list[str]:
 def test_page_is_self_contained_with_every_table_and_plot(html_report):
     page, report, plots = html_report
     text = page.read_text()
-    assert len(plots) == 8  # top1 ×2, rho, per_class ×2, curves ×2, groups at ρ=100
+    assert len(plots) == 10  # top1 ×2, rho, per_class ×2, per_class_delta ×2, curves ×2, groups at ρ=100
     assert text.count("<table") == len(report.tables) == 4
     assert text.count('src="data:image/png;base64,') == len(plots)
     plain = html.unescape(text)
@@ -123,12 +123,14 @@ def test_report_format_html_writes_the_page_and_the_plots(grid_dir, tmp_path, ca
     page = (tmp_path / "report.html").read_text()
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == ["curves_cifar_resnet56_to_resnet20.png", "per_class_cifar_resnet56_to_resnet20.png",
-                    "top1_cifar.png"]
-    assert len(list((tmp_path / "plots").glob("*.pdf"))) == 3
-    assert page.count('src="data:image/png;base64,') == 3 and page.count("<table") == 3  # balanced: no head/tail
+                    "per_class_delta_cifar_resnet56_to_resnet20.png", "top1_cifar.png"]
+    assert len(list((tmp_path / "plots").glob("*.pdf"))) == 4
+    # balanced: no head/tail; then the five tables of the configuration and provenance section
+    assert page.count('src="data:image/png;base64,') == 4 and page.count("<table") == 3 + 5
+    assert '<h2 id="configuration-and-provenance">Configuration and provenance</h2>' in page
     assert "skipped: head/medium/tail table: every dataset of this report is balanced" in html.unescape(page)
     assert not list(tmp_path.glob("*.csv")), "--format html writes no CSV tables"
-    assert f"wrote 7 files under {tmp_path}" in capsys.readouterr().out
+    assert f"wrote 9 files under {tmp_path}" in capsys.readouterr().out
 
 
 def test_plot_command_filters_and_keeps_the_grid_colours(grid_dir, tmp_path, capsys):
@@ -138,8 +140,9 @@ def test_plot_command_filters_and_keeps_the_grid_colours(grid_dir, tmp_path, cap
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["curves_cifar-lt-exp-100_resnet56_to_resnet20.png",
                      "groups_cifar-lt-exp-100_resnet56_to_resnet20.png",
-                     "per_class_cifar-lt-exp-100_resnet56_to_resnet20.png", "top1_cifar-lt-exp-100.png"]
-    assert "wrote 4 plots" in capsys.readouterr().out
+                     "per_class_cifar-lt-exp-100_resnet56_to_resnet20.png",
+                     "per_class_delta_cifar-lt-exp-100_resnet56_to_resnet20.png", "top1_cifar-lt-exp-100.png"]
+    assert "wrote 5 plots" in capsys.readouterr().out
 
 
 def test_plot_command_rejects_bad_input(grid_dir, tmp_path, capsys):

@@ -10,7 +10,7 @@ from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from report_records import synthetic_records
 
-from kdbench.report.figures import grid_colors, grid_plots, save_plot, slug
+from kdbench.report.figures import fix_layout, grid_colors, grid_plots, save_plot, slug
 from kdbench.report.frames import frames_from_records
 from kdbench.report.plots import (
     FIXED_COLORS,
@@ -20,8 +20,8 @@ from kdbench.report.plots import (
     plot_groups,
     plot_per_class,
     plot_top1_ci,
-    plot_training_curves,
 )
+from kdbench.report.plots_curves import plot_training_curves
 
 METHODS = ["trg", "kd", "vanilla", "dkd"]
 COLORS = method_colors(METHODS)
@@ -93,7 +93,8 @@ def test_per_class_plot_sorts_classes_by_training_count():
     assert [line.get_label() for line in ax.lines] == ["vanilla", "kd"]
     vanilla = ax.lines[0]
     assert list(vanilla.get_ydata()) == [11.0, 21.0, 31.0, 1.0]  # accuracy follows the count order
-    assert [p.get_height() for p in counts_ax.patches] == [50, 20, 10, 5]
+    (steps,) = counts_ax.patches  # one step outline for all classes
+    assert list(steps.get_data().values) == [50, 20, 10, 5]
     assert _legend_labels(fig) == ["vanilla", "kd", "train count"]
     assert "%" in ax.get_ylabel() and "training images" in counts_ax.get_ylabel()
 
@@ -133,14 +134,14 @@ def test_training_curves_have_a_panel_per_term_and_a_line_per_method():
     rows = []
     for method, terms in [("vanilla", ["ce", "total"]), ("kd", ["ce", "kd", "total"])]:
         for epoch in (1, 2, 3):
-            rows.append({"method": method, "epoch": epoch, "term": "test_top1", "value": 50.0 + epoch})
-            rows += [{"method": method, "epoch": epoch, "term": t, "value": 1.0 / epoch} for t in terms]
-    fig = plot_training_curves(pd.DataFrame(rows), COLORS, "grid: pair, digits")
+            rows.append({"method": method, "epoch": epoch, "term": "test_top1", "mean": 50.0 + epoch, "std": 1.0})
+            rows += [{"method": method, "epoch": epoch, "term": t, "mean": 1.0 / epoch, "std": 0.1} for t in terms]
+    fig = plot_training_curves(pd.DataFrame(rows), COLORS, "grid: pair, digits",
+                               term_titles={"ce": "ce, unweighted", "kd": "kd, unweighted"})
     visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in visible] == ["test accuracy", "loss term: total", "loss term: ce",
-                                                  "loss term: kd"]
+    assert [ax.get_title() for ax in visible] == ["test top-1 (solid)", "total", "ce, unweighted", "kd, unweighted"]
     assert [len(ax.lines) for ax in visible] == [2, 2, 2, 1]  # only kd has a kd term
-    assert visible[0].get_ylabel() == "test top-1 (%)"
+    assert visible[0].get_ylabel() == "top-1 (%)"
     assert _legend_labels(fig) == ["vanilla", "kd"]
 
 
@@ -149,7 +150,7 @@ def test_a_method_has_the_same_colour_in_every_figure():
     top1 = _legend_colors(plot_top1_ci(cells, COLORS, "t"))
     rho_rows = cells.assign(rho=[1.0, 10.0] * 4).drop(columns="pair")
     rho = _legend_colors(plot_accuracy_vs_rho(rho_rows, COLORS, "t"))
-    curves = pd.DataFrame([{"method": m, "epoch": 1, "term": "test_top1", "value": 1.0} for m in METHODS])
+    curves = pd.DataFrame([{"method": m, "epoch": 1, "term": "test_top1", "mean": 1.0, "std": np.nan} for m in METHODS])
     curve = _legend_colors(plot_training_curves(curves, COLORS, "t"))
     for method in METHODS:
         assert top1[method] == rho[method] == curve[method] == COLORS[method]
@@ -175,11 +176,12 @@ def test_a_grid_gets_each_kind_of_plot_per_dataset_and_pair(lt_plots):
     plots = lt_plots
     names = [plot.name for plot in plots]
     pair = "resnet56_to_resnet20"
+    cell = ["per_class", "per_class_delta", "curves"]
     assert names == [
         "top1_cifar", "top1_cifar-lt-exp-10", "top1_cifar-lt-exp-100", f"rho_cifar_exp_{pair}",
-        f"per_class_cifar_{pair}", f"curves_cifar_{pair}",  # balanced: one group only, so no group bars
-        f"groups_cifar-lt-exp-10_{pair}", f"per_class_cifar-lt-exp-10_{pair}", f"curves_cifar-lt-exp-10_{pair}",
-        f"groups_cifar-lt-exp-100_{pair}", f"per_class_cifar-lt-exp-100_{pair}", f"curves_cifar-lt-exp-100_{pair}",
+        # the grid has trg: its paired differences come first; balanced: one group only, so no group bars
+        f"paired_cifar_{pair}", *[f"{kind}_cifar_{pair}" for kind in cell],
+        *[f"{kind}_cifar-lt-exp-{rho}_{pair}" for rho in (10, 100) for kind in ["paired", "groups", *cell]],
     ]
     by_name = {plot.name: plot.figure for plot in plots}
     # vanilla trains without a teacher (its record's pair is the student arch) and still sits in the pair's plots
@@ -192,15 +194,17 @@ def test_a_grid_gets_each_kind_of_plot_per_dataset_and_pair(lt_plots):
     rho = by_name[f"rho_cifar_exp_{pair}"].axes[0]
     assert [list(c.lines[0].get_xdata()) for c in rho.containers] == [[1.0, 10.0, 100.0]] * 3
     per_class = by_name[f"per_class_cifar-lt-exp-100_{pair}"]
-    assert [len(line.get_xdata()) for line in per_class.axes[0].lines] == [10, 10, 10]
-    assert len(per_class.axes[1].patches) == 10
+    assert [line.get_label() for line in per_class.axes[0].lines] == ["vanilla", "kd", "trg", "teacher"]
+    assert [len(line.get_xdata()) for line in per_class.axes[0].lines] == [10, 10, 10, 10]
+    assert len(per_class.axes[1].patches[0].get_data().values) == 10
     groups = by_name[f"groups_cifar-lt-exp-10_{pair}"].axes[0]
     # ρ=10 on 10 classes (500 … 50 images): many > 100 and medium, no class below 20, so few is empty
     assert [t.get_text() for t in groups.get_xticklabels()] == ["many\n(7 classes)", "medium\n(3 classes)",
                                                                 "few\n(empty)"]
     curves = by_name[f"curves_cifar_{pair}"]
     assert [ax.get_title() for ax in curves.axes if ax.get_visible()] == [
-        "test accuracy", "loss term: total", "loss term: ce", "loss term: graph", "loss term: kd"]
+        "test top-1 (solid)", "total (weighted sum: the objective)", "ce, unweighted",
+        "graph, as logged (no declared weight: trg)", "kd, unweighted"]
 
 
 def test_grid_colours_are_the_same_in_every_figure(lt_frames, lt_plots):
@@ -237,3 +241,18 @@ def test_top1_plot_draws_the_teacher_of_each_known_pair_only():
     assert segment[0][1] == segment[1][1] == 75.0 and segment[0][0] < 0 < segment[1][0]  # across the first pair
     unknown = plot_top1_ci(cells, COLORS, "t", pd.Series({"elsewhere": 90.0}))
     assert "teacher" not in _legend_labels(unknown)
+
+
+def test_fix_layout_keeps_the_constrained_layout_for_every_format():
+    def positions(fig):
+        return [bound for ax in fig.axes for bound in ax.get_position().bounds]
+
+    laid_out = plot_top1_ci(_cells(), COLORS, "grid: cifar100")
+    laid_out.draw_without_rendering()  # constrained layout, as savefig would run it
+    fixed = plot_top1_ci(_cells(), COLORS, "grid: cifar100")
+    before = positions(fixed)
+    fix_layout(fixed)
+    assert positions(fixed) != pytest.approx(before)  # the layout did move the axes
+    assert positions(fixed) == pytest.approx(positions(laid_out))
+    fixed.draw_without_rendering()  # a later draw (another format) keeps them
+    assert positions(fixed) == pytest.approx(positions(laid_out))

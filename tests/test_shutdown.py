@@ -56,6 +56,11 @@ def _runs_root(tmp_path: Path) -> Path:
     return tmp_path / "results" / "stop" / "runs"
 
 
+def _run_folders(tmp_path: Path) -> set[str]:
+    """The run folders started so far (the grid index's .index folder is none)."""
+    return {path.name for path in _runs_root(tmp_path).iterdir() if not path.name.startswith(".")}
+
+
 def _kdbench(*args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kdbench", *args], cwd=REPO, text=True, **popen)
 
@@ -119,7 +124,7 @@ def _records(tmp_path: Path) -> list[Path]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_the_pool_at_once_and_the_grid_resumes(tmp_path, signum):
     process, workers = _start_grid(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = {path.name for path in _runs_root(tmp_path).iterdir()}
+    started = _run_folders(tmp_path)
     sent = time.monotonic()
     process.send_signal(signum)  # the main process only, as `kill -INT <pid>` (a terminal reaches every worker too)
     try:
@@ -134,7 +139,7 @@ def test_signal_stops_the_pool_at_once_and_the_grid_resumes(tmp_path, signum):
     assert RERUN_HINT in stderr.strip().splitlines()[-1], stderr
     _wait_for(lambda: not any(_alive(pid) for pid in workers), max(0.1, STOP_LIMIT_S - exited), "the workers to end")
 
-    assert {path.name for path in _runs_root(tmp_path).iterdir()} == started  # no queued run started
+    assert _run_folders(tmp_path) == started  # no queued run started
     assert not _temp_files(tmp_path)
     assert len(_records(tmp_path)) < SEEDS, "the grid ended before the signal: nothing was stopped"
     if signum != signal.SIGINT:
@@ -152,7 +157,7 @@ def test_signal_stops_the_pool_at_once_and_the_grid_resumes(tmp_path, signum):
 def test_ctrl_c_in_a_terminal_reaches_every_process_and_none_prints_a_traceback(tmp_path):
     # A terminal sends SIGINT to its whole foreground process group: the main process and every worker at once.
     process, workers = _start_grid(tmp_path, 2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    started = {path.name for path in _runs_root(tmp_path).iterdir()}
+    started = _run_folders(tmp_path)
     sent = time.monotonic()
     os.killpg(process.pid, signal.SIGINT)
     try:
@@ -165,7 +170,7 @@ def test_ctrl_c_in_a_terminal_reaches_every_process_and_none_prints_a_traceback(
     assert RERUN_HINT in stderr.strip().splitlines()[-1], stderr
     remaining = max(0.1, STOP_LIMIT_S - (time.monotonic() - sent))
     _wait_for(lambda: not any(_alive(pid) for pid in workers), remaining, "the workers to end")
-    assert {path.name for path in _runs_root(tmp_path).iterdir()} == started
+    assert _run_folders(tmp_path) == started
     assert not _temp_files(tmp_path)
 
 

@@ -50,7 +50,7 @@ def long_tailed_split(
     discarded pool, since the permutation is random) the validation set. The training subset therefore does not
     depend on ``val_per_class``. Returns (train indices, validation indices), each sorted ascending.
 
-    Our choice where PROTOCOL.md is silent: the head classes of CIFAR-LT keep all their images (class 0 keeps
+    Our choice where docs/protocol.md is silent: the head classes of CIFAR-LT keep all their images (class 0 keeps
     n_max of n_max), so their discarded pool is empty or smaller than ``val_per_class``; such classes give what
     their pool holds (class 0: nothing) rather than shrinking the literature's training sets. The validation set
     is therefore balanced over the classes whose pool is large enough, and records carry its per-class totals.

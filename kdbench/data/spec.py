@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LongTailSpec(BaseModel):
-    """Long-tailed subsampling of a training set (PROTOCOL.md: LDAM-DRW construction)."""
+    """Long-tailed subsampling of a training set (docs/protocol.md: LDAM-DRW construction)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

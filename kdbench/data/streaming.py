@@ -9,13 +9,13 @@ epochs: the epoch travels with each index, so one pool serves the whole run.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kdbench.cpus import usable_cpus
 from kdbench.data.batches import Normaliser, check_shardable, derive_seed, shard_bounds
 from kdbench.data.contrast import sample_contrast_indices
 from kdbench.data.decode import eval_transform, load_rgb, train_transform
@@ -29,14 +29,7 @@ FILE_AUGMENTATION = "random_resized_crop_flip"
 def default_workers(processes: int = 1) -> int:
     """DataLoader workers when none are set: this process's share of the CPUs it may use (Slurm's allocation,
     split among ``processes`` runs training side by side) minus one for the training loop, at most 16."""
-    given = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    if given.isdigit() and int(given) > 0:  # a task that Slurm does not bind still sees every CPU of the node
-        cpus = int(given)
-    else:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     return max(0, min(cpus // max(1, processes) - 1, 16))
 
 

@@ -14,9 +14,10 @@ def validate_dataset_spec(spec: DatasetSpec, *, require_files: bool = True) -> N
     Checks: the dataset name is registered; file-based datasets (mnist, cifar10, cifar100) have their files under
     ``root`` (or, with ``download: true``, at least a root to download into); a long-tailed spec leaves every
     class at least one image and sets no ``val_fraction``; a balanced spec's ``val_fraction`` leaves every class
-    at least one training image. With ``require_files=False`` an image-file source (imagenet, imagenet_lt,
-    image_folder) whose files are missing passes (planning without data; ``missing_data`` says what is missing),
-    and the checks that need its files are left to the run.
+    at least one training image. With ``require_files=False`` missing files pass (planning without data;
+    ``missing_data`` says what is missing and `kdbench run` stops on it before submitting): the class-count checks
+    still run for sources whose counts are known without files (digits, mnist, cifar10/100) and are left to the
+    run for image-file sources (imagenet, imagenet_lt, image_folder).
     """
     try:
         source = get_source(spec.name)
@@ -24,9 +25,11 @@ def validate_dataset_spec(spec: DatasetSpec, *, require_files: bool = True) -> N
         raise ValueError(f"dataset.name: {exc}") from None
     if source.streams and spec.long_tail is not None and spec.name == "imagenet_lt":
         raise ValueError("dataset.long_tail: imagenet_lt is long-tailed by its split files; remove long_tail")
-    if not require_files and source.streams and missing_data(spec) is not None:
-        return
-    _check_files(spec, source)
+    if not require_files and missing_data(spec) is not None:
+        if source.streams:
+            return
+    else:
+        _check_files(spec, source)
     counts = source.train_class_counts(spec)
     if spec.long_tail is not None:
         _check_long_tail(spec, counts)

@@ -59,6 +59,7 @@ from kdbench.engine.run_data import build_run_data, run_eval_batches
 from kdbench.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from kdbench.faults import failpoint
 from kdbench.models import build_model
+from kdbench.progress import epoch_eta, progress_text
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import remove_temp_files
 from kdbench.tracking.corrupt import set_aside
@@ -366,6 +367,7 @@ def _resume(job: RunJob, device: torch.device, ranks: DistInfo) -> tuple[_Setup,
 
 def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) -> RunRecord:
     spec, run_dir, recipe = job.spec, job.run_dir, job.spec.recipe
+    run_started = time.perf_counter()
     configure_threads()
     device = device_for(job.device, ranks)
     configure_device(device)
@@ -384,6 +386,7 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         observer.on_start(spec.run_id, mlflow_run_name(spec.display_method, spec.pair, spec.dataset.variant, spec.seed),
                           spec.model_dump(mode="json"), state.epoch)
     eval_args = dict(num_classes=data.num_classes, device=device, autocast=autocast, dist=ranks)
+    first_epoch, loop_started = state.epoch + 1, time.perf_counter()
     for epoch in range(state.epoch + 1, recipe.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         result = train_epoch(parts, epoch)
@@ -401,10 +404,14 @@ def _train(job: RunJob, observers: list[RunObserver], ranks: DistInfo = SINGLE) 
         if not ranks.is_main:
             continue
         val_text = f" val {entry.val_top1:.2f}" if entry.val_top1 is not None else ""
+        # ETA: this session's wall time per epoch (training, evaluation, checkpoint) × the epochs left
+        now = time.perf_counter()
+        eta = epoch_eta(now - loop_started, epoch - first_epoch + 1, recipe.epochs - epoch)
         # logged before the checkpoint: log.txt lists every epoch trained, also one a kill then loses
-        log.info("%s%s | epoch %d/%d loss %.4f train %.2f test %.2f%s | %.1fs %.0f img/s", job.label,
+        log.info("%s%s | epoch %d/%d loss %.4f train %.2f test %.2f%s | %.1fs %.0f img/s | %s", job.label,
                  spec.describe(), epoch, recipe.epochs, result.terms["total"], result.terms["top1"],
-                 entry.test_top1, val_text, result.seconds, entry.images_per_s)
+                 entry.test_top1, val_text, result.seconds, entry.images_per_s,
+                 progress_text(now - run_started, eta))
         _save_checkpoint(run_dir, student, loss, optimizer, scheduler, state)
         failpoint(f"after-checkpoint:{epoch}")  # tests: a kill right after epoch N's checkpoint
         for observer in observers:

@@ -10,6 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
+from kdbench.cpus import usable_cpus
 from kdbench.engine import RunBusy, RunJob
 from kdbench.shutdown import init_pool_worker, run_in_worker, stop_pool, stop_signals_blocked, stop_signals_noted
 from kdbench.tracking.record import RunRecord
@@ -28,7 +29,7 @@ def run_local(jobs: list[RunJob], workers: int = 1) -> Iterator[RunRecord | RunB
         for job in jobs:
             yield job()
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cpus() // workers)
     context = get_context("spawn")
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_pool_worker,

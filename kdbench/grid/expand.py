@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdbench.config import ConfigError, GridConfig, MethodEntry, Override, PairConfig, Recipe
 from kdbench.data.spec import DatasetSpec
 from kdbench.grid.tuning import Selection, sweep_configs, tuning_recipe
-from kdbench.loss import METHODS
+from kdbench.numfmt import param_text
 from kdbench.runspec import RunSpec, TeacherRef, WeightsRef
 
+if TYPE_CHECKING:
+    from kdbench.registry import Registry
+
 TEACHER_METHOD = "vanilla"
+
+
+def _methods() -> Registry:
+    """The method registry (imported here, not at module level: it imports torch, and the plan cache reads
+    TuningCell without it)."""
+    import kdbench.methods  # noqa: F401  (registers the built-in methods)
+    from kdbench.loss import METHODS
+
+    return METHODS
 
 
 def _matches(override: Override, *, stage: str, dataset: DatasetSpec, teacher: str | None, student: str,
@@ -39,7 +51,7 @@ def _resolve(grid: GridConfig, base: Recipe, method: MethodEntry | None, **where
             if method is None:
                 raise ConfigError(f"overrides[{index}]: params apply to student methods; add when.stage: student")
             try:
-                METHODS.get(method.name).check_hparams(override.params)
+                _methods().get(method.name).check_hparams(override.params)
             except ValueError as error:
                 raise ConfigError(f"overrides[{index}].params: {error} (add when.method to narrow it)") from None
             params.update(override.params)
@@ -58,7 +70,7 @@ def teacher_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, seed:
     weights = (WeightsRef(source=pair.teacher.weights, sha256=pair.teacher.sha256)
                if pair.teacher.weights is not None else None)
     return RunSpec(stage="teacher", dataset=dataset, arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
-                   method=TEACHER_METHOD, params=METHODS.get(TEACHER_METHOD).resolve_hparams({}),
+                   method=TEACHER_METHOD, params=_methods().get(TEACHER_METHOD).resolve_hparams({}),
                    recipe=recipe, seed=0 if weights is not None else seed, label="teacher", weights=weights)
 
 
@@ -70,15 +82,23 @@ def expand_grid(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict[s
     configuration of its (dataset variant, pair label, method label) cell, its final runs with those values;
     without a selection its final runs are not planned yet.
     """
+    return list(expand_with_ids(grid, selected).values())
+
+
+def expand_with_ids(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict[str, Any]] | None = None
+                    ) -> dict[str, RunSpec]:
+    """``expand_grid`` as run id → spec, in the same order (each id computed once: a 10,000-run grid needs them all,
+    and hashing a spec is most of what expanding one costs)."""
+    expander = _Expander(grid)
     teachers: dict[str, RunSpec] = {}
     students: dict[str, RunSpec] = {}
-    for selection in tuning_cells(grid):
-        for specs in selection.specs:
-            for spec in specs:
-                teacher = selection.teachers[spec.run_id]
+    for selection in expander.tuning_cells():
+        for specs, ids in zip(selection.specs, selection.run_ids, strict=True):
+            for spec, run_id in zip(specs, ids, strict=True):
+                teacher = selection.teachers[run_id]
                 if teacher is not None:
-                    teachers.setdefault(teacher.run_id, teacher)
-                students.setdefault(spec.run_id, spec)
+                    teachers.setdefault(spec.teacher.run_id, teacher)  # type: ignore[union-attr]
+                students.setdefault(run_id, spec)
     for dataset in grid.datasets:
         for pair in grid.pairs:
             for seed in grid.seeds:
@@ -89,39 +109,121 @@ def expand_grid(grid: GridConfig, selected: Mapping[tuple[str, str, str], dict[s
                         if chosen is None:
                             continue  # its final runs wait for the selection
                         values = chosen
-                    spec, teacher = _student_spec(grid, dataset, pair, method, seed, values, grid.recipe, False)
+                    spec, run_id, teacher = expander.student(dataset, pair, method, seed, values, False)
                     if teacher is not None:
-                        teachers.setdefault(teacher.run_id, teacher)
-                    students.setdefault(spec.run_id, spec)
-    return [*teachers.values(), *students.values()]
+                        teachers.setdefault(spec.teacher.run_id, teacher)  # type: ignore[union-attr]
+                    students.setdefault(run_id, spec)
+    return {**teachers, **students}
 
 
 def _student_spec(grid: GridConfig, dataset: DatasetSpec, pair: PairConfig, method: MethodEntry, seed: int,
                   values: dict[str, Any], base: Recipe, tuning: bool) -> tuple[RunSpec, RunSpec | None]:
     """A student run of ``method`` (with ``values`` over its params) and, when it distils, its teacher run."""
-    t_seed = seed if grid.teacher_seed == "same" else grid.teacher_seed
-    method_cls = METHODS.get(method.name)
-    uses_teacher = method_cls.needs.teacher
-    teacher = teacher_spec(grid, dataset, pair, t_seed) if uses_teacher else None
-    recipe, override_params = _resolve(grid, base, method, stage="student", dataset=dataset,
-                                       teacher=pair.teacher.arch if uses_teacher else None, student=pair.student.arch)
-    if tuning and grid.tuning is not None:
-        recipe = tuning_recipe(recipe, grid.tuning)
-        if dataset.long_tail is None and dataset.val_fraction == 0 and dataset.name != "imagenet_lt":
-            dataset = dataset.model_copy(update={"val_fraction": grid.tuning.val_fraction})  # tuning runs only
-    try:
-        params = method_cls.resolve_hparams({**method.params, **override_params, **values})
-    except ValueError as error:
-        raise ConfigError(f"{error} (params of method '{method.display}' with the matching overrides)") from None
-    ref = TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
-                     run_id=teacher.run_id) if teacher is not None else None
-    label = method.display
-    if tuning:
-        label += "[" + ",".join(f"{key}={value}" for key, value in sorted(values.items())) + "]"
-    spec = RunSpec(stage="student", dataset=dataset, arch=pair.student.arch, arch_kwargs=pair.student.kwargs,
-                   teacher=ref, method=method.name, params=params, recipe=recipe, seed=seed, label=label,
-                   tuning=tuning)
+    spec, _, teacher = _Expander(grid, base).student(dataset, pair, method, seed, values, tuning)
     return spec, teacher
+
+
+class _Expander:
+    """Builds a grid's runs; what all seeds of a (dataset, pair, method, values) cell share is resolved once."""
+
+    def __init__(self, grid: GridConfig, base: Recipe | None = None) -> None:
+        self.grid = grid
+        self.base = base if base is not None else grid.recipe
+        self._teachers: dict[tuple[int, int, int], tuple[RunSpec, str]] = {}
+        self._cells: dict[tuple[int, int, int, str, bool], dict[str, Any]] = {}
+
+    def teacher(self, dataset: DatasetSpec, pair: PairConfig, seed: int) -> tuple[RunSpec, str]:
+        """The teacher run of ``pair`` on ``dataset`` and its run id."""
+        key = (id(dataset), id(pair), seed)
+        if key not in self._teachers:
+            spec = teacher_spec(self.grid, dataset, pair, seed)
+            self._teachers[key] = (spec, spec.run_id)
+        return self._teachers[key]
+
+    def student(self, dataset: DatasetSpec, pair: PairConfig, method: MethodEntry, seed: int,
+                values: dict[str, Any], tuning: bool) -> tuple[RunSpec, str, RunSpec | None]:
+        """A student run, its run id, and its teacher run (None when the method uses no teacher)."""
+        t_seed = seed if self.grid.teacher_seed == "same" else self.grid.teacher_seed
+        key = (id(dataset), id(pair), id(method), repr(sorted(values.items())), tuning)
+        if key not in self._cells:
+            self._cells[key] = self._cell(dataset, pair, method, values, tuning)
+        fields = self._cells[key]
+        teacher = None
+        if fields["uses_teacher"]:
+            teacher, teacher_id = self.teacher(dataset, pair, t_seed)
+            fields = {**fields, "teacher": TeacherRef(arch=pair.teacher.arch, arch_kwargs=pair.teacher.kwargs,
+                                                      run_id=teacher_id)}
+        spec = RunSpec(stage="student", dataset=fields["dataset"], arch=pair.student.arch,
+                       arch_kwargs=pair.student.kwargs, teacher=fields.get("teacher"), method=method.name,
+                       params=fields["params"], recipe=fields["recipe"], seed=seed, label=fields["label"],
+                       tuning=tuning)
+        return spec, spec.run_id, teacher
+
+    def _cell(self, dataset: DatasetSpec, pair: PairConfig, method: MethodEntry, values: dict[str, Any],
+              tuning: bool) -> dict[str, Any]:
+        """What every seed of this student cell shares: data, recipe, resolved params, label, teacher use."""
+        grid = self.grid
+        method_cls = _methods().get(method.name)
+        uses_teacher = method_cls.needs.teacher
+        recipe, override_params = _resolve(grid, self.base, method, stage="student", dataset=dataset,
+                                           teacher=pair.teacher.arch if uses_teacher else None,
+                                           student=pair.student.arch)
+        if tuning and grid.tuning is not None:
+            recipe = tuning_recipe(recipe, grid.tuning)
+            if dataset.long_tail is None and dataset.val_fraction == 0 and dataset.name != "imagenet_lt":
+                dataset = dataset.model_copy(update={"val_fraction": grid.tuning.val_fraction})  # tuning runs only
+        try:
+            params = method_cls.resolve_hparams({**method.params, **override_params, **values})
+        except ValueError as error:
+            raise ConfigError(f"{error} (params of method '{method.display}' with the matching overrides)") from None
+        label = method.display
+        if tuning:
+            label += "[" + ",".join(f"{key}={param_text(value)}" for key, value in sorted(values.items())) + "]"
+        return {"dataset": dataset, "recipe": recipe, "params": params, "label": label, "uses_teacher": uses_teacher}
+
+    def tuning_cells(self) -> list[TuningCell]:
+        """Every (dataset, pair, method with a sweep) cell with its configurations and tuning runs, in grid order."""
+        grid = self.grid
+        if grid.tuning is None:
+            return []
+        cells = []
+        for dataset in grid.datasets:
+            for pair in grid.pairs:
+                for method in grid.methods:
+                    configs = sweep_configs(method, grid.tuning)
+                    if not configs:
+                        continue
+                    cell = TuningCell(dataset=dataset.variant, pair=pair.label, method=method.display,
+                                      select_on=grid.tuning.select_on, budget=grid.tuning.budget, configs=configs)
+                    for config in configs:
+                        specs, ids = [], []
+                        for seed in grid.tuning.seeds:
+                            spec, run_id, teacher = self.student(dataset, pair, method, seed, config, True)
+                            cell.teachers[run_id] = teacher
+                            specs.append(spec)
+                            ids.append(run_id)
+                        cell.specs.append(specs)
+                        cell.run_ids.append(ids)
+                    cells.append(cell)
+        return cells
+
+
+def awaiting_final_specs(grid: GridConfig, waiting: set[tuple[str, str, str]]) -> list[RunSpec]:
+    """The final runs of the tuning cells ``waiting`` for their selection ((dataset variant, pair, method) keys),
+    built with each cell's first configuration: what stage 2 will train, for counts and cost estimates only (the
+    selected values, and so the run ids, are not known yet)."""
+    specs = []
+    if grid.tuning is None:
+        return specs
+    for dataset in grid.datasets:
+        for pair in grid.pairs:
+            for method in grid.methods:
+                if (dataset.variant, pair.label, method.display) not in waiting:
+                    continue
+                config = sweep_configs(method, grid.tuning)[0]
+                specs += [_student_spec(grid, dataset, pair, method, seed, config, grid.recipe, False)[0]
+                          for seed in grid.seeds]
+    return specs
 
 
 @dataclass
@@ -134,24 +236,4 @@ class TuningCell(Selection):
 
 def tuning_cells(grid: GridConfig) -> list[TuningCell]:
     """Every (dataset, pair, method with a sweep) cell with its configurations and tuning runs, in grid order."""
-    if grid.tuning is None:
-        return []
-    cells = []
-    for dataset in grid.datasets:
-        for pair in grid.pairs:
-            for method in grid.methods:
-                configs = sweep_configs(method, grid.tuning)
-                if not configs:
-                    continue
-                cell = TuningCell(dataset=dataset.variant, pair=pair.label, method=method.display,
-                                  select_on=grid.tuning.select_on, budget=grid.tuning.budget, configs=configs)
-                for config in configs:
-                    specs = []
-                    for seed in grid.tuning.seeds:
-                        spec, teacher = _student_spec(grid, dataset, pair, method, seed, config, grid.recipe, True)
-                        cell.teachers[spec.run_id] = teacher
-                        specs.append(spec)
-                    cell.specs.append(specs)
-                    cell.run_ids.append([spec.run_id for spec in specs])
-                cells.append(cell)
-    return cells
+    return _Expander(grid).tuning_cells()

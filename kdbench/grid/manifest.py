@@ -43,11 +43,20 @@ def write_manifest(submission_dir: Path, manifest: Manifest) -> None:
 
 
 def read_manifests(grid_dir: Path) -> list[Manifest]:
-    """Every manifest of the grid, oldest submission first."""
+    """Every manifest of the grid, oldest submission first (parsed again only when a file changed: `--wait` reads
+    them at every poll, and a 10,000-run manifest takes a while to validate)."""
     manifests = []
     for path in sorted(slurm_root(grid_dir).glob(f"*/{MANIFEST_NAME}")):
-        manifests.append(Manifest.model_validate(json.loads(path.read_text())))
+        st = path.stat()
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _parsed.get(str(path))
+        if known is None or known[0] != version:
+            known = _parsed[str(path)] = (version, Manifest.model_validate(json.loads(path.read_text())))
+        manifests.append(known[1])
     return sorted(manifests, key=lambda m: m.submitted_at)
+
+
+_parsed: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
 
 
 def latest_entries(manifests: list[Manifest]) -> dict[str, tuple[Manifest, ManifestEntry]]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 
 from kdbench.config import ConfigError
@@ -35,38 +38,77 @@ class _TapCatalog:
 
 
 def check_method_needs(specs: list[RunSpec]) -> None:
-    """Raise ConfigError naming the method, the pair or dataset, and the unmet need, before anything runs."""
+    """Raise ConfigError naming the method, the pair or dataset, and the unmet need, before anything runs.
+
+    The checks depend on a run's method, params, architectures, batch size and epochs alone, so each such cell is
+    checked once (thousands of runs are a few hundred cells), and cells of kdbench's own methods and models that
+    passed are remembered per code fingerprint (kdbench.diskcache): checking builds the models on the meta device
+    and runs one forward, whose first use imports torch._dynamo (seconds).
+    """
+    from kdbench import diskcache
+
+    fingerprint = diskcache.code_fingerprint()
+    passed: set[str] = set(diskcache.read("needs-checked", fingerprint) or [])
+    newly: list[str] = []
     catalog = _TapCatalog()
     checked: set[str] = set()
+    seen: set[str] = set()
     for spec in specs:
-        needs = METHODS.get(spec.method).needs_for(spec.params)
-        where = f"method '{spec.display_method}' on pair {spec.pair}, dataset {spec.dataset.variant}"
-        if needs.views not in VIEWS:
-            raise ConfigError(f"{where}: needs views '{needs.views}', which the data layer cannot give; "
-                              f"available: {', '.join(sorted(VIEWS))}")
-        missing = [extra for extra in needs.batch_extras if extra not in SUPPORTED_BATCH_EXTRAS]
-        if missing:
-            raise ConfigError(f"{where}: needs batch extras {missing}, which the data layer cannot give; "
-                              f"available: {', '.join(SUPPORTED_BATCH_EXTRAS)}")
-        sides = [("student", spec.arch, spec.arch_kwargs, needs.student_taps)]
-        if spec.teacher is not None:
-            sides.append(("teacher", spec.teacher.arch, spec.teacher.arch_kwargs, needs.teacher_taps))
-        for side, arch, kwargs, wanted in sides:
-            key = f"{side}:{arch}:{sorted(kwargs.items())}:{wanted}"
-            if key in checked:
-                continue
-            checked.add(key)
-            model = catalog.model(arch, kwargs)
-            have = available_taps(model)
-            resolved = expand_tap_names(model, wanted)
-            if not resolved and wanted:
-                raise ConfigError(f"{where}: needs the {side}'s stage taps, but {arch} has none; it has: "
-                                  f"{', '.join(have)}")
-            for tap in resolved:
-                if tap not in have:
-                    raise ConfigError(f"{where}: needs the {side} tap '{tap}', which {side} {arch} does not have; "
-                                      f"it has: {', '.join(have)}")
-        _check_plan(spec, needs, catalog, where)
+        key = json.dumps([spec.method, spec.params, spec.arch, spec.arch_kwargs, spec.recipe.batch_size,
+                          spec.recipe.epochs, spec.teacher.arch if spec.teacher else None,
+                          spec.teacher.arch_kwargs if spec.teacher else None], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        if digest in passed:
+            continue
+        _check_spec(spec, catalog, checked)
+        if _kdbench_code(spec):
+            newly.append(digest)
+    if newly:
+        diskcache.write("needs-checked", fingerprint, sorted(passed.union(newly)))
+
+
+def _kdbench_code(spec: RunSpec) -> bool:
+    """Whether the spec's method and models are kdbench's own (or timm's): code the fingerprint covers."""
+    from kdbench.models import MODELS
+
+    archs = [spec.arch, *([spec.teacher.arch] if spec.teacher is not None else [])]
+    return (METHODS.get(spec.method).__module__.startswith("kdbench.methods.")
+            and all(MODELS.get(arch).factory.__module__.startswith("kdbench.") for arch in archs))
+
+
+def _check_spec(spec: RunSpec, catalog: _TapCatalog, checked: set[str]) -> None:
+    """The checks of one run (``checked``: the (side, model, taps) already found in order)."""
+    needs = METHODS.get(spec.method).needs_for(spec.params)
+    where = f"method '{spec.display_method}' on pair {spec.pair}, dataset {spec.dataset.variant}"
+    if needs.views not in VIEWS:
+        raise ConfigError(f"{where}: needs views '{needs.views}', which the data layer cannot give; "
+                          f"available: {', '.join(sorted(VIEWS))}")
+    missing = [extra for extra in needs.batch_extras if extra not in SUPPORTED_BATCH_EXTRAS]
+    if missing:
+        raise ConfigError(f"{where}: needs batch extras {missing}, which the data layer cannot give; "
+                          f"available: {', '.join(SUPPORTED_BATCH_EXTRAS)}")
+    sides = [("student", spec.arch, spec.arch_kwargs, needs.student_taps)]
+    if spec.teacher is not None:
+        sides.append(("teacher", spec.teacher.arch, spec.teacher.arch_kwargs, needs.teacher_taps))
+    for side, arch, kwargs, wanted in sides:
+        key = f"{side}:{arch}:{sorted(kwargs.items())}:{wanted}"
+        if key in checked:
+            continue
+        checked.add(key)
+        model = catalog.model(arch, kwargs)
+        have = available_taps(model)
+        resolved = expand_tap_names(model, wanted)
+        if not resolved and wanted:
+            raise ConfigError(f"{where}: needs the {side}'s stage taps, but {arch} has none; it has: "
+                              f"{', '.join(have)}")
+        for tap in resolved:
+            if tap not in have:
+                raise ConfigError(f"{where}: needs the {side} tap '{tap}', which {side} {arch} does not have; "
+                                  f"it has: {', '.join(have)}")
+    _check_plan(spec, needs, catalog, where)
 
 
 def _check_plan(spec: RunSpec, needs: Needs, catalog: _TapCatalog, where: str) -> None:

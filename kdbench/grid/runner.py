@@ -11,14 +11,16 @@ from pathlib import Path
 
 from kdbench.codeid import stale_reasons
 from kdbench.config import ConfigError, GridConfig
+from kdbench.cpus import local_workers
 from kdbench.data.streaming import default_workers
 from kdbench.engine import RunBusy, RunJob
 from kdbench.engine.distributed import dist_info_from_env
 from kdbench.grid.executors import run_debug, run_local
-from kdbench.grid.expand import TuningCell, expand_grid, tuning_cells
-from kdbench.grid.needs import check_method_needs
-from kdbench.grid.status import PlannedRun, plan_runs, run_status
-from kdbench.grid.tuning import score_configs, write_selections
+from kdbench.grid.expand import TuningCell
+from kdbench.grid.plan import GridPaths, grid_paths, plan_grid, tuning_selections
+from kdbench.grid.progress import GridProgress
+from kdbench.grid.status import PlannedRun, run_status
+from kdbench.grid.tuning import write_selections
 from kdbench.runspec import RunSpec
 from kdbench.tracking.atomic import atomic_write
 from kdbench.tracking.mlflow_sink import default_tracking_uri, ensure_experiment
@@ -26,23 +28,10 @@ from kdbench.tracking.mlflow_sync import SyncResult, gather_records, sync_record
 from kdbench.tracking.record import RunRecord, archive_record, read_record
 from kdbench.tracking.resources import ResourceError
 
+# GridPaths, grid_paths, plan_grid and tuning_selections live in kdbench.grid.plan (no torch); importable from here
+__all__ = ["GridOutcome", "GridPaths", "grid_paths", "plan_grid", "run_grid", "tracking_target", "tuning_selections"]
+
 log = logging.getLogger("kdbench")
-
-
-@dataclass(frozen=True)
-class GridPaths:
-    """Where a grid's results live."""
-
-    results_root: Path
-    grid_dir: Path
-    runs_root: Path
-
-
-def grid_paths(grid: GridConfig, results_root: str | Path | None = None) -> GridPaths:
-    """results/<grid>/ and its runs/ folder (results root from the CLI, else the grid's `output`)."""
-    root = Path(results_root or grid.output).resolve()
-    grid_dir = root / grid.name
-    return GridPaths(root, grid_dir, grid_dir / "runs")
 
 
 def artifact_root(paths: GridPaths) -> Path:
@@ -55,28 +44,6 @@ def tracking_target(grid: GridConfig, paths: GridPaths) -> tuple[str, str] | Non
     if not grid.tracking.mlflow:
         return None
     return grid.tracking.uri or default_tracking_uri(paths.results_root), grid.tracking.experiment or grid.name
-
-
-def plan_grid(grid: GridConfig, results_root: str | Path | None = None) -> tuple[GridPaths, list[PlannedRun]]:
-    """Expand and check the grid, then read each run's status; raises ConfigError on bad input.
-
-    Methods with a sweep are planned as their tuning runs plus, where tuning has finished, the final runs of the
-    selected configuration (``tuning_selections``).
-    """
-    paths = grid_paths(grid, results_root)
-    selected = {cell.key: cell.configs[cell.selected] for cell in tuning_selections(grid, paths)
-                if cell.selected is not None}
-    specs = expand_grid(grid, selected)
-    check_method_needs(specs)
-    return paths, plan_runs(specs, paths.runs_root)
-
-
-def tuning_selections(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
-    """Every tuning cell of the grid, scored from its finished tuning runs (selected once all are done)."""
-    cells = tuning_cells(grid)
-    records = {run_id: read_record(paths.runs_root / run_id) for cell in cells for ids in cell.run_ids
-               for run_id in ids}
-    return [score_configs(cell, records) for cell in cells]
 
 
 def record_tuning(grid: GridConfig, paths: GridPaths) -> list[TuningCell]:
@@ -166,7 +133,8 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
     # Launched as N processes (torchrun, srun): every rank walks the same runs in the same order and trains each
     # together; only rank 0 writes the grid's files (the engine does the same for each run).
     ranks = dist_info_from_env()
-    if ranks.distributed and (executor or grid.executor.kind) == "local" and grid.executor.workers > 1:
+    workers = pool_size(grid, device)
+    if ranks.distributed and (executor or grid.executor.kind) == "local" and workers > 1:
         raise ConfigError(f"executor.workers={grid.executor.workers}: a grid launched as {ranks.world_size} "
                           "processes trains each run on all of them; allowed: workers: 1")
     paths, planned = plan_grid(grid, results_root)
@@ -184,42 +152,53 @@ def run_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | Non
             to_run.append(run)
     total = len(to_run)
     counter = iter(range(1, total + 1))
+    progress = GridProgress(run.spec for run in to_run)
 
     def job_for(spec: RunSpec, label: str) -> RunJob:
         return RunJob(spec=spec, runs_root=paths.runs_root, grid=grid.name, device=device or grid.executor.device,
                       tracking_uri=target[0] if target else None, tracking_experiment=target[1] if target else None,
                       label=label, plugins=list(grid.plugins), rerun_stale="stale" in rerun,
                       loader_workers=(grid.executor.loader_workers if grid.executor.loader_workers is not None
-                                      else default_workers(grid.executor.workers)))
+                                      else default_workers(workers)))
 
     retrained: set[str] = set()
     for stage in ("teacher", "student"):
         specs = [r.spec for r in to_run if r.spec.stage == stage]
         if stage == "student" and "stale" in rerun and retrained:
             specs += _stale_by_new_teacher(planned, retrained, paths.runs_root, outcome)
+            progress.add(specs)
         jobs = []
+        teacher_states: dict[str, tuple] = {}  # one look per teacher: thousands of students share a few teachers
         for spec in specs:
-            teacher_state = run_status(paths.runs_root / spec.teacher.run_id) if spec.teacher is not None else None
+            teacher_state = None
+            if spec.teacher is not None:
+                if spec.teacher.run_id not in teacher_states:
+                    teacher_states[spec.teacher.run_id] = run_status(paths.runs_root / spec.teacher.run_id)
+                teacher_state = teacher_states[spec.teacher.run_id]
             if teacher_state is not None and teacher_state[0] != "done":
                 outcome.blocked.append(spec)
+                progress.drop(spec.run_id)
                 holder = teacher_state[2]
                 outcome.blocked_because[spec.run_id] = (
                     f"teacher running elsewhere: {holder.describe()}; run again when it ends" if holder is not None
                     else f"teacher {teacher_state[0]}")
                 continue
             jobs.append(job_for(spec, f"[{next(counter, '+')}/{total}] "))
-        results = _execute(jobs, executor or grid.executor.kind, grid.executor.workers, paths)
+        results = _execute(jobs, executor or grid.executor.kind, workers, paths)
         try:
             for result in results:
                 if isinstance(result, RunBusy):
                     outcome.busy.append(result)
+                    progress.drop(result.run_id)
                     log.info("skipped: %s", result.describe())
                     continue
                 outcome.ran.append(result)
                 retrained.add(result.run_id)
+                progress.finish(result.run_id, failed=result.status != "done")
                 log.info("%s %s: %s%s", "done" if result.status == "done" else "FAILED", result.run_id,
                          f"{result.label} {result.pair} {result.dataset} seed {result.seed}",
                          f" top1 {result.final.top1:.2f}" if result.final else f" ({result.reason})")
+                log.info("%s", progress.line())
         except ResourceError as error:
             outcome.resource_error = error
             outcome.not_started = max(0, total - len(outcome.ran))
@@ -258,6 +237,16 @@ def _stale_by_new_teacher(planned: list[PlannedRun], retrained: set[str], runs_r
             specs.append(run.spec)
             outcome.skipped_done -= 1
     return specs
+
+
+def pool_size(grid: GridConfig, device: str | None = None) -> int:
+    """The local executor's process count: ``executor.workers``, with ``auto`` resolved for the run's device."""
+    kind = device or grid.executor.device
+    if kind == "auto":
+        import torch
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    return local_workers(grid.executor.workers, kind)
 
 
 def _execute(jobs: list[RunJob], kind: str, workers: int, paths: GridPaths) -> Iterator[RunRecord | RunBusy]:

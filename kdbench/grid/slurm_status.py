@@ -43,7 +43,7 @@ def slurm_run_states(planned: list[PlannedRun], grid_dir: Path) -> list[SlurmRun
     states = job_states([entry.job_id for _, entry in latest.values()], since=since)
     result = []
     for run in planned:
-        found = latest.get(run.spec.run_id)
+        found = latest.get(run.run_id)
         job_id = found[1].job_id if found else None
         slurm_state = states.get(job_id) if job_id else None
         if slurm_state in ACTIVE_STATES:
@@ -72,6 +72,17 @@ def state_counts(states: list[SlurmRunState]) -> dict[str, Counter]:
     for item in states:
         counts[item.run.spec.stage][item.state] += 1
     return counts
+
+
+def format_counts(states: list[SlurmRunState]) -> list[str]:
+    """One line per stage: done / running / pending / failed / other counts."""
+    lines = []
+    for stage, counts in state_counts(states).items():
+        main = ("done", "running", "pending", "failed")
+        rest = ", ".join(f"{counts[k]} {k}" for k in sorted(counts) if k not in main)
+        lines.append(f"{stage} runs: {sum(counts.values())} (" + ", ".join(f"{counts[k]} {k}" for k in main)
+                     + (f", {rest}" if rest else "") + ")")
+    return lines
 
 
 def active_job_ids(grid_dir: Path) -> list[str]:

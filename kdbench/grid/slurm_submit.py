@@ -15,12 +15,15 @@ from kdbench.clusterconf import ClusterConfig
 from kdbench.config import ConfigError, GridConfig
 from kdbench.engine import RunJob
 from kdbench.grid.manifest import Manifest, ManifestEntry, slurm_root, write_manifest
+from kdbench.grid.progress import relative_costs
 from kdbench.grid.runner import GridPaths, archive_failed, plan_grid, prepare_results, record_tuning
 from kdbench.grid.slurm_cli import cancel_jobs, max_array_size, require_sbatch
-from kdbench.grid.slurm_status import SlurmRunState, slurm_run_states, state_counts
+from kdbench.grid.slurm_status import SlurmRunState, format_counts, slurm_run_states
 from kdbench.grid.slurm_task import SlurmRunTask
 from kdbench.grid.status import PlannedRun, plan_runs
+from kdbench.progress import format_duration, rate_eta
 
+__all__ = ["SlurmSubmission", "format_counts", "submit_grid", "time_limit_warnings", "wait_for_grid"]
 log = logging.getLogger("kdbench")
 SHORT_TIME_LIMIT_MIN = 2
 
@@ -48,7 +51,8 @@ def time_limit_warnings(cluster: ClusterConfig, planned: list[PlannedRun]) -> li
     """Warnings when the time limit looks shorter than one epoch (from finished runs' epoch times) or than 2 min."""
     warnings = []
     limit_s = cluster.time * 60
-    epoch_times = [e.seconds for run in planned if run.record is not None for e in run.record.history]
+    epoch_times = [run.summary.max_epoch_seconds for run in planned
+                   if run.summary is not None and run.summary.max_epoch_seconds is not None]  # from the grid index
     if epoch_times and max(epoch_times) >= limit_s - cluster.signal_delay:
         warnings.append(f"cluster.time = {cluster.time} min: an epoch of this grid took up to {max(epoch_times):.0f}"
                         f" s, more than the time before the requeue signal; runs may never get past an epoch")
@@ -132,10 +136,10 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
                     "they are done to submit their final runs", len(pending),
                     ", ".join(f"{c.method} {c.pair} {c.dataset}" for c in pending[:3]))
     outcome = SlurmSubmission(paths)
-    states = {s.run.spec.run_id: s for s in slurm_run_states(planned, paths.grid_dir)}
+    states = {s.run.run_id: s for s in slurm_run_states(planned, paths.grid_dir)}
     to_submit: list[PlannedRun] = []
     for run in planned:
-        state = states[run.spec.run_id].state
+        state = states[run.run_id].state
         if state == "done" and not (run.stale and "stale" in rerun):
             outcome.skipped_done += 1
         elif state in ("running", "pending"):
@@ -156,14 +160,14 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
 
     def job_for(run: PlannedRun) -> RunJob:
         if run.status == "failed":
-            archive_failed(paths.runs_root / run.spec.run_id)
+            archive_failed(paths.runs_root / run.run_id)
         return RunJob(spec=run.spec, runs_root=paths.runs_root, grid=grid.name,
                       device=device or grid.executor.device, tracking_uri=target[0] if target else None,
                       tracking_experiment=target[1] if target else None, label=f"[{run.spec.stage}] ",
                       plugins=list(grid.plugins), rerun_stale="stale" in rerun,
                       loader_workers=grid.executor.loader_workers)
 
-    teacher_jobs = {s.run.spec.run_id: s.job_id for s in states.values()
+    teacher_jobs = {s.run.run_id: s.job_id for s in states.values()
                     if s.run.spec.stage == "teacher" and s.state in ("running", "pending")}
     teachers = [job_for(r) for r in to_submit if r.spec.stage == "teacher"]
     if teachers:
@@ -177,7 +181,7 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
         elif teacher.run_id in teacher_jobs:
             by_dependency[teacher_jobs[teacher.run_id]].append(run)
         else:
-            outcome.blocked.append(run.spec.run_id)  # its teacher failed and is not being retried
+            outcome.blocked.append(run.run_id)  # its teacher failed and is not being retried
     for dependency, runs in by_dependency.items():
         jobs = [job_for(r) for r in runs]
         submitter.submit("student", jobs, dependency)
@@ -186,30 +190,40 @@ def submit_grid(grid: GridConfig, grid_text: str, *, results_root: str | Path | 
     return outcome
 
 
-def format_counts(states: list[SlurmRunState]) -> list[str]:
-    """One line per stage: done / running / pending / failed / other counts."""
-    lines = []
-    for stage, counts in state_counts(states).items():
-        main = ("done", "running", "pending", "failed")
-        rest = ", ".join(f"{counts[k]} {k}" for k in sorted(counts) if k not in main)
-        lines.append(f"{stage} runs: {sum(counts.values())} (" + ", ".join(f"{counts[k]} {k}" for k in main)
-                     + (f", {rest}" if rest else "") + ")")
-    return lines
+ENDED_STATES = ("done", "failed", "cancelled")
+ACTIVE_RUN_STATES = ("running", "pending")
+HEARTBEAT_S = 300.0  # a progress line at least this often, so elapsed and ETA stay current
+
+
+def wait_line(states: list[SlurmRunState], costs: dict[str, float], ended_before: set[str], elapsed: float) -> str:
+    """'[elapsed 1:23] teacher runs: ... | student runs: ... | ETA 3:10': counts per stage, then the ETA of the
+    queued and running runs at the rate (relative cost per second) of the runs that ended during this wait."""
+    ended = {s.run.run_id for s in states if s.state in ENDED_STATES} - ended_before
+    done_cost = sum(costs.get(run_id, 0.0) for run_id in ended)
+    remaining = sum(costs.get(s.run.run_id, 0.0) for s in states if s.state in ACTIVE_RUN_STATES)
+    eta = rate_eta(done_cost, elapsed, remaining)
+    return f"[elapsed {format_duration(elapsed)}] {' | '.join(format_counts(states))} | ETA {format_duration(eta)}"
 
 
 def wait_for_grid(grid: GridConfig, results_root: str | Path | None = None, poll_s: float = 5.0,
                   timeout_s: float | None = None) -> list[SlurmRunState]:
-    """Block until no run of the grid is queued or running on Slurm; print a progress line when it changes."""
-    started, last = time.monotonic(), None
+    """Block until no run of the grid is queued or running on Slurm; print a progress line (counts per stage,
+    elapsed, ETA) when the counts change, and at least every HEARTBEAT_S seconds."""
+    started, last, last_at = time.monotonic(), None, 0.0
     paths, planned = plan_grid(grid, results_root)
-    specs = [run.spec for run in planned]
+    specs, run_ids = [run.spec for run in planned], [run.run_id for run in planned]
+    costs = relative_costs(specs)
+    ended_before: set[str] | None = None
     while True:
-        planned = plan_runs(specs, paths.runs_root)
+        planned = plan_runs(specs, paths.runs_root, run_ids=run_ids)
         states = slurm_run_states(planned, paths.grid_dir)
-        line = " | ".join(format_counts(states))
-        if line != last:
-            log.info("[%4.0f s] %s", time.monotonic() - started, line)
-            last = line
+        if ended_before is None:
+            ended_before = {s.run.run_id for s in states if s.state in ENDED_STATES}
+        counts = format_counts(states)
+        now = time.monotonic()
+        if counts != last or now - last_at >= HEARTBEAT_S:
+            log.info("%s", wait_line(states, costs, ended_before, now - started))
+            last, last_at = counts, now
         if not any(s.state in ("running", "pending") for s in states):
             return states
         if timeout_s is not None and time.monotonic() - started > timeout_s:

@@ -116,3 +116,23 @@ def cnn_large(num_classes: int, input_size: int = 28, in_channels: int = 1) -> n
     """Three conv stages of 32, 64 and 128 channels."""
     _check_input("cnn_large", input_size, in_channels, minimum=4)
     return SmallCNN((32, 64, 128), num_classes, in_channels)
+
+
+@register_model(
+    "cnn2_w32", family="cnn", input_size=8, in_channels=1,
+    description="2-stage CNN (32/64 channels) for native 8×8 digits, the demo's teacher (4×4 tokens)",
+)  # fmt: skip
+def cnn2_w32(num_classes: int, input_size: int = 8, in_channels: int = 1) -> nn.Module:
+    """Two conv stages of 32 and 64 channels."""
+    _check_input("cnn2_w32", input_size, in_channels, minimum=2)
+    return SmallCNN((32, 64), num_classes, in_channels)
+
+
+@register_model(
+    "cnn2_w8", family="cnn", input_size=8, in_channels=1,
+    description="2-stage CNN (8/16 channels) for native 8×8 digits, the demo's student",
+)  # fmt: skip
+def cnn2_w8(num_classes: int, input_size: int = 8, in_channels: int = 1) -> nn.Module:
+    """Two conv stages of 8 and 16 channels."""
+    _check_input("cnn2_w8", input_size, in_channels, minimum=2)
+    return SmallCNN((8, 16), num_classes, in_channels)

@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
-from kdbench.report.frames import ReportFrames, frames_from_records
+from kdbench.report.focus import focus_method, focus_table
+from kdbench.report.frames import ReportFrames, frames_from_index
 from kdbench.report.groups import GroupRule
+from kdbench.report.provenance import PROVENANCE_NAME, provenance_json, report_provenance, section_markdown
 from kdbench.report.render import FORMATS, atomic_write_text, markdown, write_table
 from kdbench.report.tables import DEFAULT_GROUP_BY, Table, cost_table, head_tail_table, main_table, per_class_table
-from kdbench.tracking.record import RECORD_NAME, RunRecord, read_records
+from kdbench.tracking.index import RunSummary, load_index
+from kdbench.tracking.record import RECORD_NAME, RunRecord
 from kdbench.tracking.tuning_file import read_tuning_file
 
 
@@ -30,33 +33,41 @@ class ReportSource:
         """The grid's frames; ReportError when there are no runs."""
         return self.load_with_notes()[0]
 
-    def load_with_notes(self) -> tuple[ReportFrames, list[str]]:
-        """The grid's frames and notes on its runs (stale runs: trained by other code or teacher weights)."""
+    def load_with_notes(self, curves: bool = True) -> tuple[ReportFrames, list[str]]:
+        """The grid's frames and notes on its runs (stale runs: trained by other code or teacher weights).
+
+        Runs and per-class counts come from the grid index (kdbench.tracking.index, checked against the records
+        as it is read); ``curves=False`` leaves the per-epoch curves frame empty (the tables do not use it),
+        which spares reading every record.
+        """
         if self.mlflow is not None:
             from kdbench.report.mlflow_frames import frames_from_mlflow
 
             return frames_from_mlflow(*self.mlflow), []
         assert self.runs_root is not None
-        records = read_records(self.runs_root)
-        if not records:
+        index = load_index(self.runs_root, with_counts=True)
+        if not len(index):
             raise ReportError(f"{self.runs_root}: no run records (record.json) found; run the grid first")
-        return frames_from_records(records), stale_notes(records)
+        return frames_from_index(index, curves=curves), stale_notes(index.summaries())
 
 
-def stale_notes(records: list[RunRecord]) -> list[str]:
-    """One note per method whose done runs were trained by other code (or teacher weights) than today's."""
-    from kdbench.codeid import code_identity, stale_reasons
+def stale_notes(records: list[RunRecord] | list[RunSummary]) -> list[str]:
+    """One note per method whose done runs were trained by other code (or teacher weights) than today's.
+
+    ``records``: the grid's records, or their index summaries.
+    """
+    from kdbench.codeid import current_code_identity, stale_reasons
     from kdbench.registry import UnknownNameError
 
     by_id = {record.run_id: record for record in records}
     identities: dict[str, dict[str, str] | None] = {}
-    stale: dict[str, list[RunRecord]] = {}
+    stale: dict[str, list[RunRecord | RunSummary]] = {}
     for record in records:
         if record.status != "done":
             continue
         if record.method not in identities:
             try:
-                identities[record.method] = code_identity(record.method)
+                identities[record.method] = current_code_identity(record.method)
             except UnknownNameError:  # a plugin this report did not import: its code cannot be compared
                 identities[record.method] = None
         current = identities[record.method]
@@ -73,12 +84,14 @@ def resolve_source(target: str, results: str | None = None, data_root: str | Non
     """A grid YAML file, a results/<grid> folder or a runs folder; with ``from_mlflow`` also a bare grid name."""
     path = Path(target)
     if path.is_file():
-        from kdbench.config import load_grid
-        from kdbench.grid import grid_paths, tracking_target
+        from kdbench.grid import plan_cache
+        from kdbench.grid.plan import grid_paths
 
-        grid = load_grid(path, data_root=data_root)
+        grid = plan_cache.load_grid(path, data_root=data_root)  # cached inside plan_cache.reading()
         paths = grid_paths(grid, results)
         if from_mlflow is not None:
+            from kdbench.grid.runner import tracking_target
+
             default_experiment = (tracking_target(grid, paths) or (None, grid.name))[1]
             return ReportSource(grid.name, paths.grid_dir, mlflow=(from_mlflow, experiment or default_experiment))
         if not paths.runs_root.is_dir():
@@ -196,20 +209,30 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    provenance: list[Table] = field(default_factory=list)  # kdbench.report.provenance: configuration and provenance
+    provenance_runs: list[dict] = field(default_factory=list)
 
     def text(self) -> str:
-        """All tables as markdown, then notes on the runs, then what was skipped and why."""
-        parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables)]
+        """All tables as markdown, notes on the runs, what was skipped and why, the configuration and provenance
+        section, and last the focus table (the method under study against each other method), so a terminal
+        ends on the comparison."""
+        focus = [t for t in self.tables if t.name == "focus"]
+        parts = [f"# kdbench report: {self.grid}", *(markdown(t) for t in self.tables if t.name != "focus")]
         parts += self.notes
         parts += [f"skipped: {reason}" for reason in self.skipped]
+        if self.provenance:
+            parts.append(section_markdown(self.provenance))
+        parts += [markdown(t) for t in focus]
         return "\n\n".join(parts)
 
 
-def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY) -> Report:
+def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
+                 focus: str | None = None) -> Report:
     """Every table of ``frames``; ReportError when there is no finished run or the group rule cannot split.
 
     The head/medium/tail table is skipped (with the reason) when every dataset is balanced; a long-tailed
-    dataset the rule leaves in one group is an error.
+    dataset the rule leaves in one group is an error. The method under study (``focus``, default trg when the
+    report has it) gets its comparison table last, so the terminal ends with it.
     """
     if frames.finished().empty:
         failed = int((frames.runs["status"] == "failed").sum())
@@ -224,6 +247,12 @@ def build_tables(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, ...
         tables.append(cost_table(frames, group_by))
     else:
         skipped.append("cost table: no finished student runs")
+    studied = focus_method(frames, focus)
+    if studied is not None:
+        if not ((frames.finished()["method"] == studied) & (frames.finished()["stage"] == "student")).any():
+            raise ReportError(f"--focus {studied}: no finished student runs of '{studied}' in this report; "
+                              f"methods: {', '.join(sorted(set(frames.finished()['method'])))}")
+        tables.append(focus_table(frames, studied, group_by))
     return Report(frames.grid, tables, skipped)
 
 
@@ -234,6 +263,10 @@ def write_report(report: Report, out_dir: str | Path, formats: tuple[str, ...]) 
         raise ReportError(f"--format {','.join(unknown)}: unknown; allowed: {', '.join(FORMATS)}, all")
     for table in report.tables:
         report.written += write_table(table, out_dir, formats)
+    if report.provenance and "csv" in formats:  # the machine-readable configuration and provenance
+        path = Path(out_dir) / PROVENANCE_NAME
+        atomic_write_text(path, provenance_json(report.provenance, report.provenance_runs))
+        report.written.append(path)
     if "terminal" in formats:
         path = Path(out_dir) / "report.md"
         atomic_write_text(path, report.text() + "\n")
@@ -250,17 +283,21 @@ def run_report(args) -> Report:
     filters = parse_filters(args.filter)
     sources = [resolve_source(target, args.results, args.data_root, args.from_mlflow, args.experiment)
                for target in [args.grid, args.grid_b] if target]
-    loaded = [source.load_with_notes() for source in sources]
+    loaded = [source.load_with_notes(curves=args.format in ("html", "all")) for source in sources]
     frames = [apply_filters(frames, filters) for frames, _ in loaded]
     combined = frames[0] if len(frames) == 1 else combine_grids(frames[0], frames[1])
     rule = group_rule(args.group_rule)
-    report = build_tables(combined, rule, group_by)
+    report = build_tables(combined, rule, group_by, getattr(args, "focus", None))
     tuned = read_tuning_file(sources[0].grid_dir)
     if tuned:
         from kdbench.report.tuning_table import tuning_table
 
         report.tables.append(tuning_table(tuned))
     report.notes = [note for _, notes in loaded for note in notes]
+    report.provenance, report.provenance_runs, unrecorded = report_provenance(
+        [(source.name, source.runs_root, part.finished()["run_id"]) for source, part in zip(sources, frames,
+                                                                                           strict=True)])
+    report.skipped += unrecorded
     out_dir = Path(args.out) if args.out else sources[0].grid_dir / "report"
     if len(sources) == 2 and not args.out:
         out_dir = out_dir / f"vs-{sources[1].name}"

@@ -1,7 +1,8 @@
 """Run records → three pandas frames (runs, per-class, curves): the single input of every table and plot.
 
-Frames (all built by :func:`frames_from_records`; :func:`load_frames` reads a grid's ``runs/*/record.json``;
-``kdbench.report.mlflow_frames`` builds the very same frames from an MLflow store):
+Frames (all built by :func:`frames_from_records`; :func:`load_frames` reads a grid's ``runs/*/record.json``
+through the grid index, kdbench.tracking.index; ``kdbench.report.mlflow_frames`` builds the very same frames from
+an MLflow store):
 
 ``runs`` — one row per run (teachers and students, done and failed):
     run_id, grid, stage ('teacher' | 'student'), status ('done' | 'failed'), reason (failure message or None),
@@ -43,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from kdbench.report.errors import ReportError
-from kdbench.tracking.record import RunRecord, read_records
+from kdbench.tracking.index import ClassCounts, GridIndex, RunSummary, load_index, summarize
+from kdbench.tracking.record import RunRecord, read_record, read_records  # noqa: F401  (read_records: re-exported)
 
 KEY_COLUMNS = ["run_id", "grid", "stage", "method", "pair", "dataset", "seed"]
 RUN_COLUMNS = [
@@ -77,11 +79,12 @@ class ReportFrames:
 
 
 def load_frames(runs_root: str | Path) -> ReportFrames:
-    """The frames of the records under ``runs_root``; ReportError when there are none or grids are mixed."""
-    records = read_records(runs_root)
-    if not records:
+    """The frames of the records under ``runs_root`` (through the grid index); ReportError when there are none or
+    grids are mixed."""
+    index = load_index(runs_root, with_counts=True)
+    if not len(index):
         raise ReportError(f"{runs_root}: no run records (record.json) found; run the grid first")
-    return frames_from_records(records)
+    return frames_from_index(index)
 
 
 def dataset_variant_fields(spec: dict[str, Any]) -> dict[str, Any]:
@@ -95,27 +98,32 @@ def dataset_variant_fields(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_row(record: RunRecord) -> dict[str, Any]:
-    """The runs-frame row of one record."""
-    final, best = record.final, record.best_val
-    spec = record.spec
-    teacher_spec = spec.get("teacher") or {}
+def summary_row(summary: RunSummary) -> dict[str, Any]:
+    """The runs-frame row of one run, from its summary (kdbench.tracking.index: what the grid index keeps)."""
+    final, best, teacher = summary.final, summary.best_val, summary.teacher
     return {
-        "run_id": record.run_id, "grid": record.grid, "stage": record.stage, "status": record.status,
-        "reason": record.reason, "method": record.label, "method_name": record.method, "pair": record.pair,
-        "arch": record.arch, "teacher_arch": teacher_spec.get("arch"), "dataset": record.dataset,
-        **dataset_variant_fields(spec), "subset_seed": record.subset_seed, "seed": record.seed,
-        "num_classes": record.num_classes,
+        "run_id": summary.run_id, "grid": summary.grid, "stage": summary.stage, "status": summary.status,
+        "reason": summary.reason, "method": summary.label, "method_name": summary.method, "pair": summary.pair,
+        "arch": summary.arch, "teacher_arch": summary.teacher_arch, "dataset": summary.dataset,
+        "dataset_name": summary.dataset_name, "lt_profile": summary.lt_profile,
+        "imbalance_ratio": summary.imbalance_ratio, "subset_seed": summary.subset_seed, "seed": summary.seed,
+        "num_classes": summary.num_classes, "epochs": summary.epochs,
         "top1": final.top1 if final else np.nan, "top5": final.top5 if final else np.nan,
         "balanced_acc": final.balanced_acc if final else np.nan, "has_val": best is not None,
         "best_val_epoch": best.epoch if best else None, "best_val_top1": best.val_top1 if best else np.nan,
-        "best_val_test_top1": best.test.top1 if best else np.nan,
-        "student_params": record.student_params, "extra_params": record.extra_params,
-        "peak_memory_bytes": record.peak_memory_bytes,
-        "teacher_run_id": record.teacher.run_id if record.teacher else None,
-        "teacher_top1": record.teacher.top1 if record.teacher else np.nan,
-        "method_params": json.dumps(spec.get("params") or {}, sort_keys=True),
+        "best_val_test_top1": best.test_top1 if best else np.nan, "best_test_top1": summary.best_test_top1,
+        "seconds_per_epoch": summary.seconds_per_epoch, "images_per_s": summary.images_per_s,
+        "student_params": summary.student_params, "extra_params": summary.extra_params,
+        "peak_memory_bytes": summary.peak_memory_bytes,
+        "teacher_run_id": teacher.run_id if teacher else None,
+        "teacher_top1": teacher.top1 if teacher else np.nan,
+        "method_params": json.dumps(summary.params, sort_keys=True),
     }
+
+
+def run_row(record: RunRecord) -> dict[str, Any]:
+    """The runs-frame row of one record."""
+    return summary_row(summarize(record)[0])
 
 
 def with_epoch_totals(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
@@ -228,13 +236,38 @@ def frames_from_records(records: Iterable[RunRecord]) -> ReportFrames:
     reports them from the grid's tuning.json.
     """
     records = [record for record in records if not record.spec.get("tuning")]
-    runs = runs_frame([run_row(record) for record in records])
+    summarized = [summarize(record) for record in records]
+    counts = {summary.run_id: found for summary, found in summarized if found is not None}
+    return frames_from_summaries([summary for summary, _ in summarized], counts, _curves_from_records(records))
+
+
+def frames_from_index(index: GridIndex, curves: bool = True) -> ReportFrames:
+    """The three frames of a grid index (loaded ``with_counts``): the runs and per-class frames from the index,
+    the curves from the records (the per-epoch history is kept there only); ``curves=False`` leaves that frame
+    empty, for the tables, which need none of it."""
+    summaries = [summary for summary in index.summaries() if not summary.tuning]
+    counts = index.class_counts(summary.run_id for summary in summaries if _has_counts(summary))
+    history: pd.DataFrame | None = None
+    if curves:
+        records = [read_record(index.runs_root / summary.run_id) for summary in summaries]
+        history = _curves_from_records([record for record in records if record is not None])
+    return frames_from_summaries(summaries, counts, history)
+
+
+def _has_counts(summary: RunSummary) -> bool:
+    return summary.status == "done" and summary.final is not None
+
+
+def frames_from_summaries(summaries: list[RunSummary], counts: dict[str, ClassCounts],
+                          curves: pd.DataFrame | None) -> ReportFrames:
+    """The frames of run summaries, their per-class counts and (or no) curves; see frames_from_records."""
+    runs = runs_frame([summary_row(summary) for summary in summaries])
     grid = check_one_grid(runs["grid"])
-    done = [record for record in records if record.status == "done" and record.final is not None]
-    keys = pd.DataFrame([{column: getattr(record, column if column != "method" else "label")
-                          for column in KEY_COLUMNS} for record in done], columns=KEY_COLUMNS)
-    per_class = per_class_frame(keys, [record.class_counts for record in done],
-                                [record.final.per_class_correct for record in done],
-                                [record.final.per_class_total for record in done])
-    curves = _curves_from_records(records)
-    return ReportFrames(grid=grid, runs=with_epoch_totals(runs, curves), per_class=per_class, curves=curves)
+    done = [summary for summary in summaries if _has_counts(summary) and summary.run_id in counts]
+    keys = pd.DataFrame([{"run_id": s.run_id, "grid": s.grid, "stage": s.stage, "method": s.label, "pair": s.pair,
+                          "dataset": s.dataset, "seed": s.seed} for s in done], columns=KEY_COLUMNS)
+    found = [counts[summary.run_id] for summary in done]
+    per_class = per_class_frame(keys, [c.class_counts for c in found], [c.correct for c in found],
+                                [c.total for c in found])
+    return ReportFrames(grid=grid, runs=runs, per_class=per_class,
+                        curves=curves if curves is not None else curves_frame([]))

@@ -1,4 +1,4 @@
-"""Many / medium / few class groups from training-set counts (PROTOCOL.md, "Head / medium / tail")."""
+"""Many / medium / few class groups from training-set counts (docs/protocol.md, "Head / medium / tail")."""
 
 from __future__ import annotations
 

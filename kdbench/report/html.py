@@ -18,13 +18,14 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.report.figures import KINDS, SavedPlot
+from kdbench.report.render import cell_text, is_numeric_column
 from kdbench.tracking.atomic import atomic_write
 
 REPORT_NAME = "report.html"
-_NUMBER_LIKE = re.compile(r"[\s\d.,+\-−±†—\[\]()/%pn=]*")
-_KIND_HEADINGS = {"top1": "Top-1 with confidence intervals", "rho": "Accuracy against imbalance ratio ρ",
-                  "groups": "Many / medium / few accuracy", "per_class": "Per-class accuracy against class frequency",
-                  "curves": "Training curves"}
+_KIND_HEADINGS = {"top1": "Top-1 with confidence intervals", "paired": "TRG minus each method, per seed",
+                  "rho": "Accuracy against imbalance ratio ρ", "groups": "Many / medium / few accuracy",
+                  "per_class": "Per-class accuracy against class frequency",
+                  "per_class_delta": "Per-class accuracy minus the baseline's", "curves": "Training curves"}
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -57,11 +58,16 @@ window.addEventListener("load", function () {
 
 @dataclass(frozen=True)
 class HtmlTable:
-    """A table of the report: heading, the DataFrame shown (its index is dropped) and a note printed under it."""
+    """A table of the report: heading, the DataFrame shown (its index is dropped) and a note printed under it.
+
+    Consecutive tables with the same ``section`` sit under one section heading (and one contents entry), each
+    under its own smaller heading.
+    """
 
     title: str
     frame: pd.DataFrame
     note: str = ""
+    section: str = ""
 
 
 def anchor(text: str) -> str:
@@ -69,29 +75,20 @@ def anchor(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
-def _is_numeric_column(column: pd.Series) -> bool:
-    """Numbers, or formatted numbers ('57.60 ± 9.10 †', '[34.98, 80.21]', '+8.12 (p=0.008, n=3)', '1/6/3')."""
-    if pd.api.types.is_numeric_dtype(column):
-        return True
-    cells = [str(v) for v in column if v is not None and str(v) not in ("", "—", "nan", "<NA>")]
-    return bool(cells) and all(_NUMBER_LIKE.fullmatch(cell) for cell in cells)
-
-
 def _cell_html(value: object) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return "—"
-    return html.escape(f"{value:.2f}" if isinstance(value, float) else str(value))
+    return html.escape(cell_text(value))
 
 
-def _table_html(table: HtmlTable, ident: str) -> str:
+def _table_html(table: HtmlTable, ident: str, level: int = 2) -> str:
     frame = table.frame
-    align = ['class="num"' if _is_numeric_column(frame[c]) else 'class="text"' for c in frame.columns]
+    align = ['class="num"' if is_numeric_column(frame[c]) else 'class="text"' for c in frame.columns]
     head = "".join(f"<th {a}>{html.escape(str(c))}</th>" for c, a in zip(frame.columns, align, strict=True))
     rows = "\n".join("<tr>" + "".join(f"<td {a}>{_cell_html(v)}</td>" for v, a in zip(row, align, strict=True))
                      + "</tr>" for row in frame.itertuples(index=False))
     body = f'<table class="kdbench">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>'
     note = f'<p class="note">{html.escape(table.note)}</p>' if table.note else ""
-    return f'<h2 id="{ident}">{html.escape(table.title)}</h2>\n{note}\n<div class="scroll">{body}</div>'
+    heading = f'<h{level} id="{ident}">{html.escape(table.title)}</h{level}>'
+    return f'{heading}\n{note}\n<div class="scroll">{body}</div>'
 
 
 def _figure_html(plot: SavedPlot) -> str:
@@ -106,13 +103,25 @@ def _figure_html(plot: SavedPlot) -> str:
 def render_html(grid: str, tables: Sequence[HtmlTable], plots: Sequence[SavedPlot], intro: str = "") -> str:
     """The whole report page as one string: contents, the tables, then the plots by kind."""
     sections, contents, used = [], [], set()
-    for table in tables:
-        ident = anchor(table.title)
+
+    def unique(text: str) -> str:
+        ident = anchor(text)
         while ident in used:
             ident += "-x"
         used.add(ident)
-        contents.append(f'<li><a href="#{ident}">{html.escape(table.title)}</a></li>')
-        sections.append(_table_html(table, ident))
+        return ident
+
+    section = ""
+    for table in tables:
+        if table.section and table.section != section:
+            ident = unique(table.section)
+            contents.append(f'<li><a href="#{ident}">{html.escape(table.section)}</a></li>')
+            sections.append(f'<h2 id="{ident}">{html.escape(table.section)}</h2>')
+        section = table.section
+        ident = unique(table.title)
+        if not table.section:
+            contents.append(f'<li><a href="#{ident}">{html.escape(table.title)}</a></li>')
+        sections.append(_table_html(table, ident, level=3 if table.section else 2))
     for kind in KINDS:
         of_kind = [plot for plot in plots if plot.kind == kind and "png" in plot.paths]
         if not of_kind:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 
+from kdbench.numfmt import format_number
 from kdbench.report.tables import Table
 from kdbench.tracking.atomic import atomic_write
 
 FORMATS = ("terminal", "csv", "latex")
+_NUMBER_LIKE = re.compile(r"[\s\d.,+\-−±†—\[\]()/%pn=]*")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -18,19 +21,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+def is_numeric_column(column: pd.Series) -> bool:
+    """Numbers, or formatted numbers ('57.60 ± 9.10 †', '[34.98, 80.21]', '+8.12 (p=0.008, n=3)', '1/6/3'):
+    right-aligned in every format, so that decimal points line up."""
+    if pd.api.types.is_numeric_dtype(column):
+        return True
+    cells = [str(v) for v in column if v is not None and str(v) not in ("", "—", "nan", "<NA>")]
+    return bool(cells) and all(_NUMBER_LIKE.fullmatch(cell) for cell in cells)
+
+
+def cell_text(value: object) -> str:
+    """A table cell as text in every format: '—' when missing, a float without binary noise (6 significant
+    digits: display frames hold formatted text, so a bare float is a setting such as an lr, never a mean)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
         return "—"
-    return "—" if value is pd.NA else str(value)
+    return format_number(value, 6) if isinstance(value, float) else str(value)
 
 
 def markdown(table: Table) -> str:
     """A markdown pipe table with padded columns, then the notes as a list."""
     frame = table.display
     header = [str(c) for c in frame.columns]
-    rows = [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+    rows = [[cell_text(v) for v in row] for row in frame.itertuples(index=False)]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    numeric = [is_numeric_column(frame[c]) for c in frame.columns]
 
     def line(cells: list[str]) -> str:
         padded = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric, strict=True)]
@@ -56,11 +70,11 @@ def latex_escape(text: str) -> str:
 def latex(table: Table) -> str:
     """A booktabs ``table`` environment (needs \\usepackage{booktabs}); notes as a footnote-size paragraph."""
     frame = table.display
-    align = "".join("r" if pd.api.types.is_numeric_dtype(frame[c]) else "l" for c in frame.columns)
+    align = "".join("r" if is_numeric_column(frame[c]) else "l" for c in frame.columns)
     lines = [r"\begin{table}[ht]", r"\centering", r"\small", rf"\caption{{{latex_escape(table.title)}}}",
              rf"\label{{tab:kdbench-{table.name.replace('_', '-')}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
              " & ".join(latex_escape(str(c)) for c in frame.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(latex_escape(_cell(v)) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [" & ".join(latex_escape(cell_text(v)) for v in row) + r" \\" for row in frame.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if table.notes:
         lines.append(r"\par\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))

@@ -1,4 +1,4 @@
-"""Statistics of the tables (PROTOCOL.md): mean, sample std, 95% t-interval and n; paired t-tests on matched seeds.
+"""Statistics of the tables (docs/protocol.md): mean, sample std, 95% t-interval and n; paired t-tests on matched seeds.
 
 Everything is vectorised over groups: one groupby, then scipy.stats.t on whole arrays.
 """
@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import stats
 
 CONFIDENCE = 0.95
-MIN_SEEDS = 3  # PROTOCOL.md: at least 3 seeds per cell; fewer are flagged
+MIN_SEEDS = 3  # docs/protocol.md: at least 3 seeds per cell; fewer are flagged
 MATCH_COLUMNS = ("seed", "subset_seed")  # a paired comparison matches the same data subset and training seed
 
 

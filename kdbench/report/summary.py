@@ -5,13 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 from kdbench.report.stats import describe
+from kdbench.report.tables import place_runs
 
 GROUP = ["dataset", "pair", "method"]
 
 
 def summary_table(records: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
-    """Finished runs grouped by dataset, pair and method: mean, sample std (ddof=1) and n of ``metric``."""
-    done = records[records["status"] == "done"]
+    """Finished runs grouped by dataset, pair and method: mean, sample std (ddof=1) and n of ``metric``.
+
+    Runs sit in the pairs of the report's tables (:func:`kdbench.report.tables.place_runs`): a student trained
+    without a teacher under every pair whose student it is, a teacher as method 'teacher' under the pairs it teaches.
+    """
+    done = place_runs(records[records["status"] == "done"])
     stages = done.drop_duplicates(GROUP)[[*GROUP, "stage"]]
     table = describe(done, GROUP, metric)[[*GROUP, "mean", "std", "n"]].merge(stages, on=GROUP)
     return table.sort_values(["dataset", "stage", "pair", "method"], ascending=[True, False, True, True],

@@ -1,4 +1,4 @@
-"""The four report tables (PROTOCOL.md): main comparison, per-class, head/medium/tail, cost.
+"""The four report tables (docs/protocol.md): main comparison, per-class, head/medium/tail, cost.
 
 Each builder takes :class:`~kdbench.report.frames.ReportFrames` (already filtered) and returns a :class:`Table`:
 ``data`` holds the numbers (CSV), ``display`` the formatted cells (terminal, LaTeX), ``notes`` what a reader must
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from kdbench.pairs import listed_pairs
 from kdbench.report.errors import ReportError
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GROUPS, GroupRule, check_splits
@@ -40,7 +41,7 @@ def _method_key(method: str) -> str:
     return first.get(method, "3") + str(method)
 
 
-def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def sort_rows(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Rows sorted by ``keys``, methods in table order."""
     if frame.empty:
         return frame.reset_index(drop=True)
@@ -49,32 +50,34 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def table_runs(frames: ReportFrames) -> pd.DataFrame:
-    """Finished runs placed in the pairs they belong to in a table.
+    """Finished runs placed in the pairs they belong to in a table (:func:`place_runs` of the finished runs)."""
+    return place_runs(frames.finished())
+
+
+def place_runs(done: pd.DataFrame) -> pd.DataFrame:
+    """Runs (rows of the runs frame) once per pair they are listed under (:func:`kdbench.pairs.listed_pairs`).
 
     A student trained without a teacher (e.g. ``vanilla``; one run shared by every pair with that student) is
     repeated in each pair whose student is its architecture, and a teacher run appears as method 'teacher' in each
     pair it teaches; both on the same dataset. Runs with no such pair keep their own pair. ``run_pair`` keeps
     the pair the run was recorded under.
     """
-    done = frames.finished().copy()
+    done = done.copy()
     done["run_pair"] = done["pair"]
-    taught = done[(done["stage"] == "student") & done["teacher_arch"].notna()]
-    pairs = taught[["dataset", "pair", "arch", "teacher_arch"]].drop_duplicates()
-    untaught = done[(done["stage"] == "student") & done["teacher_arch"].isna()]
-    teachers = done[done["stage"] == "teacher"]
+    if done.empty:
+        return done.reset_index(drop=True)
+    listed = listed_pairs(done)
+    placed = done.iloc[listed["row"].to_numpy()].reset_index(drop=True)
+    placed["pair"] = listed["pair"].to_numpy()
     # Teacher runs are labelled 'teacher' (possibly 'teacher [grid]' when two grids are compared).
-    teachers = teachers.assign(method=teachers["method"].where(teachers["method"].str.startswith(TEACHER_LABEL),
-                                                               TEACHER_LABEL))
-    placed = [taught]
-    for runs, join in ((untaught, "arch"), (teachers, "teacher_arch")):
-        targets = pairs[["dataset", "pair", join]].rename(columns={"pair": "_table_pair", join: "arch"})
-        joined = runs.merge(targets.drop_duplicates(), on=["dataset", "arch"], how="left")
-        joined["pair"] = joined["_table_pair"].where(joined["_table_pair"].notna(), joined["pair"])
-        placed.append(joined.drop(columns="_table_pair"))
-    return pd.concat([p for p in placed if not p.empty] or [done.iloc[:0]], ignore_index=True)
+    teachers = placed["stage"] == "teacher"
+    placed.loc[teachers, "method"] = placed.loc[teachers, "method"].where(
+        placed.loc[teachers, "method"].str.startswith(TEACHER_LABEL), TEACHER_LABEL)
+    return placed
 
 
-def _format_mean_std(mean: pd.Series, std: pd.Series, n: pd.Series, flag: bool = True) -> pd.Series:
+def format_mean_std(mean: pd.Series, std: pd.Series, n: pd.Series, flag: bool = True) -> pd.Series:
+    """Cells "mean ± std" (2 decimals; "—" without a spread), † where n < MIN_SEEDS and ``flag``."""
     cells = []
     for m, s, k in zip(mean, std, n, strict=True):
         if not np.isfinite(m):
@@ -144,13 +147,13 @@ def main_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
         notes.append("best test epoch: the highest test top-1 over the epochs, mean over seeds; selected on the test "
                      "set as published CIFAR tables are, so shown only beside a published number, to compare with it "
                      "(never a result)")
-    stats = _sorted(stats, keys)
+    stats = sort_rows(stats, keys)
     display = stats[keys].copy()
-    display["top-1 (%)"] = _format_mean_std(stats["mean"], stats["std"], stats["n"])
+    display["top-1 (%)"] = format_mean_std(stats["mean"], stats["std"], stats["n"])
     display["95% CI"] = _format_interval(stats["ci_low"], stats["ci_high"])
     display["n"] = stats["n"]
     if "best_val_mean" in stats:
-        display["best-val top-1"] = _format_mean_std(stats["best_val_mean"], stats["best_val_std"],
+        display["best-val top-1"] = format_mean_std(stats["best_val_mean"], stats["best_val_std"],
                                                      stats["best_val_n"].fillna(0))
     for baseline in BASELINES:
         display[f"Δ vs {baseline}"] = _format_delta(stats[f"delta_{baseline}"], stats[f"p_{baseline}"],
@@ -267,11 +270,11 @@ def head_tail_table(frames: ReportFrames, rule: GroupRule, group_by: tuple[str, 
         data["groups"] = data["dataset"].map(sizes_text)
     else:  # datasets pooled by --group-by: list each one's split
         data["groups"] = "; ".join(f"{name}: {text}" for name, text in sizes_text.items())
-    data = _sorted(data.drop(columns=[f"{m}_n" for m in [*GROUPS, "worst", "gap"]]), keys)
+    data = sort_rows(data.drop(columns=[f"{m}_n" for m in [*GROUPS, "worst", "gap"]]), keys)
     display = data[keys].copy()
     display["classes many/med/few"] = data["groups"]
     for metric in [*GROUPS, "worst", "gap"]:
-        display[metric] = _format_mean_std(data[metric], data[f"{metric}_std"], data["n"], flag=False)
+        display[metric] = format_mean_std(data[metric], data[f"{metric}_std"], data["n"], flag=False)
     display["n"] = data["n"]
     return Table("head_tail", "Many / medium / few accuracy (%)", data, display, notes)
 
@@ -292,10 +295,10 @@ def cost_table(frames: ReportFrames, group_by: tuple[str, ...] = DEFAULT_GROUP_B
                        seconds_per_epoch_std=("seconds_per_epoch", "std"),
                        images_per_s=("images_per_s", "mean"), peak_memory_mb=("peak_memory_mb", "max"),
                        n=("run_id", "count")).reset_index()
-    data = _sorted(data, keys)
+    data = sort_rows(data, keys)
     display = data[keys].copy()
     display["extra params"] = [f"{int(v):,}" if np.isfinite(v) else "—" for v in data["extra_params"]]
-    display["s/epoch"] = _format_mean_std(data["seconds_per_epoch"], data["seconds_per_epoch_std"], data["n"],
+    display["s/epoch"] = format_mean_std(data["seconds_per_epoch"], data["seconds_per_epoch_std"], data["n"],
                                           flag=False)
     display["images/s"] = [f"{v:,.0f}" if np.isfinite(v) else "—" for v in data["images_per_s"]]
     display["peak memory (MiB)"] = [f"{v:,.0f}" if np.isfinite(v) else "—" for v in data["peak_memory_mb"]]

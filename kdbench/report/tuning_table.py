@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from kdbench.numfmt import param_text
 from kdbench.report.tables import Table
 
 
@@ -22,7 +23,7 @@ def tuning_table(rows: list[dict[str, Any]]) -> Table:
             score = cell["scores"][index] if index < len(cell["scores"]) else None
             records.append({"dataset": cell["dataset"], "pair": cell["pair"], "method": cell["method"],
                             "budget": cell["budget"], "configs": len(cell["configs"]),
-                            "config": ", ".join(f"{k}={v}" for k, v in config.items()),
+                            "config": ", ".join(f"{k}={param_text(v)}" for k, v in config.items()),
                             "select_on": cell["select_on"], "score": math.nan if score is None else score,
                             "selected": cell["selected"] == index})
     data = pd.DataFrame(records, columns=["dataset", "pair", "method", "budget", "configs", "config", "select_on",

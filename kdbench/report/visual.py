@@ -11,6 +11,7 @@ from kdbench.report.figures import PLOT_FORMATS, SavedPlot, grid_colors, write_p
 from kdbench.report.frames import ReportFrames
 from kdbench.report.groups import GroupRule, group_rule
 from kdbench.report.html import REPORT_NAME, HtmlTable, write_html
+from kdbench.report.provenance import SECTION
 
 PLOTS_DIR = "plots"
 
@@ -43,8 +44,11 @@ def _require_finished(frames: ReportFrames) -> None:
 
 
 def html_tables(report: Report) -> list[HtmlTable]:
-    """The report's tables as the HTML page shows them: formatted cells, notes joined under the table."""
-    return [HtmlTable(table.title, table.display, "\n".join(table.notes)) for table in report.tables]
+    """The report's tables as the HTML page shows them: formatted cells, notes joined under the table; then the
+    configuration and provenance tables under their section heading."""
+    return [*(HtmlTable(table.title, table.display, "\n".join(table.notes)) for table in report.tables),
+            *(HtmlTable(table.title, table.display, "\n".join(table.notes), section=SECTION)
+              for table in report.provenance)]
 
 
 def write_html_report(report: Report, frames: ReportFrames, out_dir: str | Path, rule: GroupRule,

@@ -75,6 +75,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
+def json_bytes(payload: Any) -> bytes:
+    """``payload`` as the indented JSON that atomic_write_json writes."""
+    return json.dumps(payload, indent=2, sort_keys=False, allow_nan=True).encode()
+
+
 def atomic_write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON, atomically."""
-    atomic_write_bytes(path, json.dumps(payload, indent=2, sort_keys=False, allow_nan=True).encode())
+    atomic_write_bytes(path, json_bytes(payload))

@@ -17,12 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kdbench.numfmt import clean_float, param_text
 from kdbench.tracking.lock import exclusive
 from kdbench.tracking.record import EpochLog, RunRecord
 
 log = logging.getLogger(__name__)
 
 RUN_ID_TAG = "kdbench.run_id"
+# Every pair a run is listed under in the report (kdbench.pairs): '|teacher->student|' for a distilled student; for
+# a student without a teacher every pair whose student it is, for a teacher every pair it teaches, as
+# '|a->s|b->s|', so `tags.kdbench.pairs LIKE '%|a->s|%'` finds a pair's runs, its baselines and its teacher.
+PAIRS_TAG = "kdbench.pairs"
 PER_CLASS_ARTIFACT = "per_class.csv"
 # What a report needs beyond params and epoch metrics (kdbench report --from-mlflow), logged when a run ends.
 RECORD_TAGS = ("grid", "status", "stage", "method", "label", "arch", "pair", "dataset")
@@ -36,6 +41,11 @@ def record_tags(record: RunRecord) -> dict[str, str]:
     if record.teacher is not None:
         tags["kdbench.teacher_run_id"] = record.teacher.run_id
     return tags
+
+
+def pairs_tag(pairs: list[str]) -> str:
+    """The kdbench.pairs value: the sorted pairs between bars, '|a->s|b->s|' (exact under LIKE '%|a->s|%')."""
+    return "|" + "|".join(sorted(set(pairs))) + "|"
 
 
 def record_metrics(record: RunRecord) -> dict[str, float]:
@@ -135,14 +145,15 @@ def mlflow_run_name(label: str, pair: str, dataset: str, seed: int) -> str:
 
 
 def flatten_params(spec: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """The MLflow params of a run: its RunSpec flattened to dotted names (values cut at 5000 characters)."""
+    """The MLflow params of a run: its RunSpec flattened to dotted names (values cut at 5000 characters; floats
+    without binary noise, kdbench.numfmt.param_text)."""
     flat: dict[str, str] = {}
     for key, value in spec.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
-            flat[name] = str(value)[:5000]
+            flat[name] = param_text(value)[:5000]
     return flat
 
 
@@ -163,8 +174,12 @@ def start_run(client: Any, experiment_id: str, run_id: str, run_name: str, spec:
 
 
 def epoch_values(entry: EpochLog) -> dict[str, float]:
-    """The metrics logged for one epoch (step = epoch): lr, test top-1/5, val top-1, speed, train_<term>."""
-    values = {"lr": entry.lr, "test_top1": entry.test_top1, "test_top5": entry.test_top5,
+    """The metrics logged for one epoch (step = epoch): lr, test top-1/5, val top-1, speed, train_<term>.
+
+    The lr is logged without binary noise (a step schedule's 0.05 × 0.1 × 0.1 reads 0.0005; the record keeps the
+    optimiser's exact float).
+    """
+    values = {"lr": clean_float(entry.lr), "test_top1": entry.test_top1, "test_top5": entry.test_top5,
               "epoch_seconds": entry.seconds, "images_per_s": entry.images_per_s}
     values.update({f"train_{k}": v for k, v in entry.train.items()})
     if entry.val_top1 is not None:
@@ -187,17 +202,22 @@ def end_status(record: RunRecord) -> str:
     return "FINISHED" if record.status == "done" else "FAILED"
 
 
-def end_tags(record: RunRecord) -> dict[str, str]:
-    """Every tag logged when a run ends (record tags, and the failure reason of a failed run)."""
+def end_tags(record: RunRecord, pairs: list[str] | None = None) -> dict[str, str]:
+    """Every tag logged when a run ends: record tags, the failure reason of a failed run, and kdbench.pairs from
+    ``pairs`` (kdbench.pairs.pairs_of_records over the grid's records), by default the run's own pair: all that its
+    record alone tells (exact for a distilled student; a teacher's or baseline's pairs depend on the grid's other
+    runs, and the sync that ends `kdbench run`, or `kdbench sync`, sets them)."""
     tags = {key: value[:5000] for key, value in record_tags(record).items()}
     if record.reason:
         tags["kdbench.failure"] = record.reason[:5000]
+    tags[PAIRS_TAG] = pairs_tag(pairs or [record.pair])[:5000]
     return tags
 
 
 def finish_run(client: Any, mlflow_run_id: str, record: RunRecord, metrics: dict[str, float] | None = None,
-               per_class: bool = True) -> None:
-    """Log the end of a run: per-class table (when ``per_class``), final ``metrics`` (default: all), tags; close it."""
+               per_class: bool = True, pairs: list[str] | None = None) -> None:
+    """Log the end of a run: per-class table (when ``per_class``), final ``metrics`` (default: all), tags (with
+    ``pairs``, see :func:`end_tags`); close it."""
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
@@ -205,7 +225,7 @@ def finish_run(client: Any, mlflow_run_id: str, record: RunRecord, metrics: dict
         _log_per_class(client, mlflow_run_id, record)
     metrics = record_metrics(record) if metrics is None else metrics
     client.log_batch(mlflow_run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
-                     tags=[RunTag(key, value) for key, value in end_tags(record).items()])
+                     tags=[RunTag(key, value) for key, value in end_tags(record, pairs).items()])
     client.set_terminated(mlflow_run_id, status=end_status(record))
 
 

@@ -1,7 +1,8 @@
-"""RunRecord: the JSON record of one run, the source of truth for every table (PROTOCOL.md)."""
+"""RunRecord: the JSON record of one run, the source of truth for every table (docs/protocol.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,7 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdbench.tracking.atomic import atomic_write_json
+from kdbench.faults import failpoint
+from kdbench.tracking import index
+from kdbench.tracking.atomic import atomic_write_bytes, atomic_write_json, json_bytes
 from kdbench.tracking.corrupt import log, set_aside
 
 RECORD_NAME = "record.json"
@@ -106,14 +109,20 @@ class RunRecord(BaseModel):
 
 
 def write_record(run_dir: str | Path, record: RunRecord) -> Path:
-    """Write ``record.json`` atomically into ``run_dir``; never overwrite a finished (done) record."""
+    """Write ``record.json`` atomically into ``run_dir``; never overwrite a finished (done) record.
+
+    The grid index (kdbench.tracking.index) is told first, so that no reader sees the record without its entry;
+    a kill in between leaves an entry without a record, which matches nothing.
+    """
     path = Path(run_dir) / RECORD_NAME
     existing = read_record(path.parent)
     if existing is not None and existing.status == "done":
         raise FileExistsError(f"{path} already holds a finished run; refusing to overwrite it")
-    payload = record.model_dump(mode="json")
-    atomic_write_json(path, payload)
-    atomic_write_json(path.with_name(BACKUP_NAME), payload)
+    data = json_bytes(record.model_dump(mode="json"))
+    index.note_record(path.parent, record, hashlib.sha256(data).hexdigest())
+    failpoint("after-index-entry")  # tests: a kill between the index entry and the record
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_name(BACKUP_NAME), data)
     return path
 
 
@@ -128,8 +137,9 @@ def archive_record(run_dir: str | Path, why: str) -> Path | None:
     if weights.is_file():
         weights.rename(run_dir / f"model.{why}-{stamp}.pt")
     target = run_dir / f"record.{why}-{stamp}.json"
+    index.note_removed(run_dir)  # first: a reader never sees the record gone without the news
+    (run_dir / BACKUP_NAME).unlink(missing_ok=True)  # before the record: a reader finding a backup alone restores it
     record.rename(target)
-    (run_dir / BACKUP_NAME).unlink(missing_ok=True)
     return target
 
 
