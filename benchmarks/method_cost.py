@@ -39,6 +39,7 @@ from kdbench import loss as loss_module
 from kdbench.config import Recipe
 from kdbench.data import DatasetSpec, build_data
 from kdbench.data.views import view_copies
+from kdbench.engine import cpu_memory
 from kdbench.engine.assemble import assemble_training
 from kdbench.engine.environment import resolve_device
 from kdbench.engine.loop import train_epoch
@@ -178,6 +179,7 @@ def measure(method: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+    cpu_memory.release_freed_memory()  # else the heap's kept free memory hides what the method adds
     with PeakResidentMemory() as resident:
         parts = assemble(method)
         timed_step(parts, 1)  # warm-up: allocations, one-time state such as CRD's Z
@@ -218,7 +220,8 @@ def markdown(rows: list[dict], args: argparse.Namespace, load: tuple[str, str]) 
     threads = args.threads or torch.get_num_threads()
     lines = [f"Method cost, {args.teacher} → {args.student}, batch {args.batch}, median of {args.steps} timed steps "
              f"(interleaved with kd{' and the before version' if args.before_ref else ''}), device "
-             f"{rows[0]['device'] if rows else '?'}, {threads} threads. Load average (1, 5, 15 min) at the start "
+             f"{rows[0]['device'] if rows else '?'}, {threads} threads, freed memory kept between steps: "
+             f"{'yes' if rows and rows[0]['keep_freed_memory'] else 'no'}. Load average (1, 5, 15 min) at the start "
              f"{load[0]}, at the end {load[1]}.", ""]
     if args.before_ref:
         lines += [f"| method | views | before ({args.before_ref}) s/step | before × kd | after s/step | after × kd | "
@@ -255,13 +258,20 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=50_000, help="dataset size (CRD's memory banks)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                        help="CPU: let glibc page-fault large tensors afresh every step (kdbench.engine.cpu_memory)")
     parser.add_argument("--before-ref", help="git ref whose implementation of each method is timed beside the "
                         "current one (e.g. the commit before a change)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/method_cost.md"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args)))
+        if not args.keep_freed_memory:
+            os.environ[cpu_memory.SWITCH] = "0"
+        # as training does within an epoch (train_epoch), and across the timed steps, each its own train_epoch
+        with cpu_memory.keep_freed_memory(resolve_device(args.device)) as kept:
+            row = measure(args.one, args)
+        print(json.dumps({**row, "keep_freed_memory": kept}))
         return
     import kdbench.methods  # noqa: F401
 

@@ -52,12 +52,12 @@ Choices where the paper, RepDistiller and this implementation differ (each delib
   batch). Each rank scores only its own rows, against the shared banks.
 
 Cost: the gathered bank rows are B×(K+1)×feat_dim floats per side, kept for the backward pass (B=64, K=16384:
-≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB). The module gathers
-into two buffers it keeps between steps (``index_select(out=…)``): on the CPU a fresh 0.5 GB tensor per step
-is a fresh mmap whose page faults cost more than the gather itself (CUDA's caching allocator already reuses
-memory, so there it only saves the allocator's bookkeeping). The scores' backward is the one bmm autograd would
-run, written ``bmm(grad, rows)`` on the CPU (bit-identical there, ~7× faster than ``bmm(rowsᵀ, grad)``, which
-copies the transposed rows).
+≈0.5 GB each); the two banks are 2·N·feat_dim·4 bytes (CIFAR: 51 MB; ImageNet: 1.3 GB). On the CPU the module
+gathers into two buffers it keeps between steps (``index_select(out=…)``): a fresh 0.5 GB tensor per step is a
+fresh mmap whose page faults cost more than the gather itself (on CUDA the caching allocator already reuses the
+memory, and the gather allocates as before). The scores' backward is the bmm autograd would run, written
+``bmm(grad, rows)`` on the CPU (bit-identical there, ~7× faster than ``bmm(rowsᵀ, grad)``, which copies the
+transposed rows); on CUDA it is autograd's own expression.
 """
 
 from __future__ import annotations
@@ -196,8 +196,12 @@ class CRD(DistillLoss):
         # scratch for the gathered bank rows (not state: neither a buffer nor in the state_dict)
         self._gather_buffers: list[torch.Tensor | None] = [None, None]
 
-    def _gather_buffer(self, side: int, contrast_index: torch.Tensor) -> torch.Tensor:
-        """The flat buffer side ``side`` (0: u, 1: v) gathers its bank rows into; grown (never shrunk) on demand."""
+    def _gather_buffer(self, side: int, contrast_index: torch.Tensor) -> torch.Tensor | None:
+        """The flat CPU buffer side ``side`` (0: u, 1: v) gathers its bank rows into, grown (never shrunk) on
+        demand; None on other devices (CUDA's caching allocator already reuses the memory, and leaves it to
+        evaluation between epochs)."""
+        if self.memory_s.device.type != "cpu":
+            return None
         size = contrast_index.numel() * self.memory_s.shape[1]
         buffer = self._gather_buffers[side]
         if (buffer is None or buffer.numel() < size or buffer.device != self.memory_s.device

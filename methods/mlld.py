@@ -110,7 +110,8 @@ def per_temperature_terms(student: torch.Tensor, teacher: torch.Tensor, kd_stude
         log_p_student = F.log_softmax(kd_student.to(dtype) / scale, dim=-1)
         log_p_teacher = F.log_softmax(teacher / scale, dim=-1)
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True)
-        instance = kl.flatten(2).sum(dim=-1) / size * (temperatures.to(student.device) ** 2).to(dtype)[:, None]
+        squares = (temperatures**2).to(device=student.device, dtype=dtype)  # T**2 in float64, as Python does
+        instance = kl.flatten(2).sum(dim=-1) / size * squares[:, None]
         p_student = F.softmax(student.to(dtype) / scale, dim=-1).flatten(0, 1)
         p_teacher = F.softmax(teacher / scale, dim=-1).flatten(0, 1)
         batch_rows = ((p_teacher @ p_teacher.mT - p_student @ p_student.mT) ** 2).sum(dim=-1)

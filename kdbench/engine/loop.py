@@ -12,6 +12,7 @@ from torch import nn
 
 from kdbench.data.batches import training_batches
 from kdbench.data.loaders import TrainBatches
+from kdbench.engine.cpu_memory import keep_freed_memory
 from kdbench.engine.distributed import SINGLE, DistInfo, all_reduce_sum, average_batchnorm_statistics, average_gradients
 from kdbench.faults import failpoint
 from kdbench.loss import DistillLoss, Progress
@@ -59,7 +60,13 @@ def train_epoch(parts: TrainParts, epoch: int, max_steps: int | None = None) -> 
     by shard size × world size / global batch size before backward, so that the averaged gradient is that of
     the global batch's mean loss; gradients are averaged before every step, BatchNorm statistics at the end of
     the epoch, and the logged terms, accuracy and image count are those of the global batches (on every rank).
+    On a CPU, steps reuse the memory freed by the step before (``keep_freed_memory``).
     """
+    with keep_freed_memory(parts.device):
+        return _train_steps(parts, epoch, max_steps)
+
+
+def _train_steps(parts: TrainParts, epoch: int, max_steps: int | None) -> EpochResult:
     parts.student.train()
     parts.loss.train()
     started = time.perf_counter()
