@@ -9,6 +9,7 @@ printed beside them. ``--profile`` adds the plots' cProfile (the functions with 
 
     python benchmarks/plot_scale.py                       # the full grid: 104 plots
     python benchmarks/plot_scale.py --seeds 5 --formats png --profile
+    python benchmarks/plot_scale.py --seeds 500 --keep /tmp/big   # 100,000 runs; a second call reuses the records
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from report_scale import write_records  # the sibling benchmark's synthetic grid (run from the repository root)
+from report_scale import prepare  # the sibling benchmark's synthetic grid (run from the repository root)
 
 from kdbench.report.build import build_tables
 from kdbench.report.figures import SavedPlot, grid_plots, save_plot
-from kdbench.report.frames import frames_from_records, read_records
+from kdbench.report.frames import load_frames
 from kdbench.report.groups import RULES
 from kdbench.report.visual import write_html_report
 
@@ -43,14 +44,12 @@ def main() -> None:
     formats = tuple(args.formats.split(","))
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or Path(scratch)
-        runs_root = root / "scale" / "runs"
-        started = time.perf_counter()
-        n = write_records(runs_root, args.seeds, args.classes, args.epochs)
-        print(f"wrote {n:,} records in {time.perf_counter() - started:.1f} s (not timed below)")
+        runs_root = prepare(root, args.seeds, args.classes, args.epochs)  # a --keep folder's records are reused
         timings = {}
         started = time.perf_counter()
-        frames = frames_from_records(read_records(runs_root))
-        timings["read records + frames"] = time.perf_counter() - started
+        frames = load_frames(runs_root)  # as `kdbench report` loads them: the grid index, curves from the records
+        timings["load frames"] = time.perf_counter() - started
+        print(f"{len(frames.runs):,} runs")
         started = time.perf_counter()
         rule = RULES["default"]
         report = build_tables(frames, rule)
