@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdbench-installed
 # What this machine's local wheels provide; users elsewhere may install any torch>=2.4 instead.
 TORCH := torch==2.14.1 torchvision==0.29.1
+# Test processes (pytest-xdist); many tests wait on subprocesses, Slurm jobs or files, so 2 suit even 2 cores.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint install clean-results
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/kdbench report experiments/demo.yaml --format all
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check kdbench methods tests benchmarks

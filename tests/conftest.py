@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 from pathlib import Path
 
 import pytest
 
+from kdbench.plugins import import_plugins
+from kdbench.tracking.atomic import atomic_write_bytes
+from kdbench.tracking.lock import FileLock
 from tests_support import REPO  # noqa: E402
 
 MNIST_RAW = REPO.parent / "shared" / "data" / "MNIST" / "raw"
@@ -42,15 +47,38 @@ def _private_kdbench_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def slurm_submitted(tmp_path_factory):
-    """The Slurm tests' grids, submitted once (tests/slurm_grids.py)."""
+    """The Slurm tests' grids, submitted once per test session (tests/slurm_grids.py).
+
+    Under pytest-xdist every worker is a session of its own: the first worker to get here submits into the folder
+    all workers share and leaves the outcome there; the worker that runs tests/test_slurm.py reads it.
+    """
     from slurm_grids import submit_all
 
-    return submit_all(tmp_path_factory.mktemp("slurm"))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return submit_all(tmp_path_factory.mktemp("slurm"))
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per `pytest -n` session, beside each worker's
+    outcome = shared / "slurm-submitted.pickle"
+    lock = FileLock(shared / "slurm-submitted.lock")
+    lock.acquire(wait=True)
+    try:
+        if not outcome.exists():
+            folder = shared / "slurm"
+            folder.mkdir()
+            atomic_write_bytes(outcome, pickle.dumps(submit_all(folder)))
+        grids, outcomes = pickle.loads(outcome.read_bytes())
+    finally:
+        lock.release()
+    for grid in grids.values():  # their methods register in this process too, as loading the grids did in gw0's
+        import_plugins(grid.plugins, REPO)
+    return grids, outcomes
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _slurm_grids_first(request):
     """Submit the Slurm grids before the first test when test_slurm.py runs: their jobs mostly wait (sleeps, a
-    time limit), and that waiting then overlaps the rest of the suite instead of adding to it."""
+    time limit), and that waiting then overlaps the rest of the suite instead of adding to it. Under pytest-xdist
+    the first worker submits them."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return
     if any(item.path.name == "test_slurm.py" for item in request.session.items):
         request.getfixturevalue("slurm_submitted")
