@@ -191,6 +191,27 @@ def test_paired_t_degenerate_cases():
     assert (low[0], high[0]) == (pytest.approx(5.0 - T2 * 2 / math.sqrt(3)), pytest.approx(5.0 + T2 * 2 / math.sqrt(3)))
 
 
+def test_t_quantiles_and_p_values_are_scipy_stats_bit_for_bit():
+    """The report takes Student's t from scipy.special (a cheaper import): the very values of scipy.stats.t."""
+    import numpy as np
+    from scipy import stats
+
+    from kdbench.report.stats import paired_t, t_interval
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 300, 2000).astype(float)
+    mean, std = rng.normal(size=2000) * 3, rng.random(2000) * 2
+    several = n >= 2
+    quantile = np.full(n.shape, np.nan)
+    quantile[several] = stats.t.ppf(0.975, n[several] - 1)
+    low, high = t_interval(mean, std, n)
+    assert np.array_equal(low, mean - quantile * std / np.sqrt(n), equal_nan=True)
+    assert np.array_equal(high, mean + quantile * std / np.sqrt(n), equal_nan=True)
+    expected = np.full(n.shape, np.nan)
+    expected[several] = 2.0 * stats.t.sf(np.abs(mean / (std / np.sqrt(n)))[several], n[several] - 1)
+    assert np.array_equal(paired_t(mean, std, n), expected, equal_nan=True)
+
+
 def test_published_imagenet_numbers_stand_beside_ours():
     records = []
     for method, values in (("kd", [70.0, 71.0, 72.0]), ("dkd", [71.0, 72.0, 73.0])):
