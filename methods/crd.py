@@ -58,19 +58,23 @@ Cost and the two scoring paths. The two banks are 2·N·feat_dim·4 bytes (CIFAR
   from it; autograd's backward scatter-adds the score gradients into a B×N zero matrix and multiplies it by
   a copy of the bank taken at scoring time (a second GEMM; the copy, N×feat_dim, is what the in-place bank
   update must not reach). N·B·feat_dim FLOPs each way instead of moving B·(K+1)·feat_dim floats. Each score is
-  the same dot product in another summation order (within ~1e-7 relative of the gather path's).
+  the same dot product in another summation order (within ~1e-7 relative of the gather path's); the gradient
+  at the embeddings differs by up to ~2e-6 of its largest value, the dense one being the closer to float64.
 * Gather (N > c·(K+1), e.g. ImageNet's N = 1.28 M at K = 16384): the bank rows ``M[j]`` are gathered and
   scored by a bmm, as below.
 
 The crossover, fwd+bwd of one side at B = 64, K = 16384, feat_dim = 128 on the 2-core CPU VM (fp32, freed memory
-kept): dense 24 ms vs gather 127 ms at N = 50,000 (N/(K+1) = 3), 46 vs 134 ms at 6, 76 vs 136 ms at 9, and about
-equal between N/(K+1) ≈ 15 and 25 (noisy); c = 8 keeps a margin (the dense cost grows with N, the gather's not).
+kept, bank copy included): dense 32 ms vs gather 152 ms at N = 50,000 (N/(K+1) = 3), 68 vs 137 ms at 6, 85 vs
+133 ms at 9, 109 vs 140 ms at 12, 131 vs 133 ms at 18 (timings noisy); c = 8 keeps a margin (the dense cost grows
+with N, the gather's does not). A CRD training step (resnet32x4 → resnet8x4, CIFAR sizes) went from 1.33× to
+1.11× KD's with the dense path.
 
 Gather path: the gathered bank rows are B×(K+1)×feat_dim floats per side, kept for the backward pass (B=64,
-K=16384: ≈0.5 GB each). On the CPU the module gathers into two buffers it keeps between steps (``index_select(out=…)``): a fresh 0.5 GB tensor per step is a
-fresh mmap whose page faults cost more than the gather itself (on CUDA the caching allocator already reuses the
-memory, and the gather allocates as before). The scores' backward is the bmm autograd would run, written
-``bmm(grad, rows)`` on the CPU (bit-identical there, ~7× faster than ``bmm(rowsᵀ, grad)``, which copies the
+K=16384: ≈0.5 GB each). On the CPU the module gathers into two buffers it keeps between steps
+(``index_select(out=…)``): a fresh 0.5 GB tensor per step is a fresh mmap whose page faults cost more than the
+gather itself (on CUDA the caching allocator already reuses the memory, and the gather allocates as before).
+The scores' backward is the bmm autograd would run, written ``bmm(grad, rows)`` on the CPU (bit-identical
+there, ~7× faster than ``bmm(rowsᵀ, grad)``, which copies the
 transposed rows); on CUDA it is autograd's own expression.
 """
 
