@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,21 @@ def _slurm_grids_first(request):
         return
     if any(item.path.name == "test_slurm.py" for item in request.session.items):
         request.getfixturevalue("slurm_submitted")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Cancel the Slurm jobs this session submitted that are still queued or running (a failed Slurm test can
+    leave one that sleeps for an hour): those whose output file lies under the session's temporary folder. Under
+    pytest-xdist the controller does it, after every worker has finished."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or shutil.which("squeue") is None:
+        return
+    try:
+        root = str(session.config._tmp_path_factory.getbasetemp())
+        listing = subprocess.run(["squeue", "-h", "-r", "-O", "JobID:40,STDOUT:4096"], capture_output=True,
+                                 text=True, timeout=60).stdout
+        ours = [fields[0] for fields in map(str.split, listing.splitlines())
+                if len(fields) == 2 and fields[1].startswith(root + os.sep)]
+        if ours:
+            subprocess.run(["scancel", *ours], capture_output=True, timeout=60)
+    except (AttributeError, OSError, subprocess.SubprocessError):
+        pass  # tidying up only: never a reason for the session to fail
