@@ -1,6 +1,6 @@
 """ReportError: bad input to a report (no finished runs, mixed grids, a one-group rule...)."""
 
-from kdbench.config import ConfigError
+from kdbench.config_errors import ConfigError
 
 
 class ReportError(ConfigError):
