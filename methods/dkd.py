@@ -146,7 +146,7 @@ class DKD(DistillLoss):
         """α and β times the epoch's warm-up factor (constant within an epoch, so the division is exact)."""
         scales = super().term_scales(hparams, epochs)
         warmup = float({**cls.defaults, **hparams}["warmup"])
-        factor = np.minimum(np.asarray(epochs, dtype=float) / warmup, 1.0) if warmup > 0 else 1.0  # warmup_factor
+        factor = np.array([warmup_factor(int(epoch), warmup) for epoch in np.ravel(epochs)]).reshape(np.shape(epochs))
         return {term: scale * factor if term in ("tckd", "nckd") else scale for term, scale in scales.items()}
 
     def forward(
